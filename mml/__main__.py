@@ -1,0 +1,5 @@
+"""`python -m mml` = the `mml` command."""
+
+from mml.cli import main
+
+main()

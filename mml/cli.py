@@ -1,0 +1,154 @@
+"""The `mml` command line (typer): parse, call the library, print. No logic lives here.
+
+Heavy libraries (torch, mlflow, decord) are imported inside the commands, so `mml --help`
+answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Mutual Modality Learning for video action recognition: data, training, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build and check datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", help="override a param: -S train.epochs=3 (repeatable)"),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _params(path: Path, overrides: list[str] | None):
+    from mml.config import load_params
+
+    return load_params(path, overrides or [])
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Run a command; user errors become one red paragraph and exit code 2."""
+    from mml.errors import UserError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return action()
+    except UserError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted: run the same command again to resume.", err=True)
+        raise typer.Exit(130) from None
+
+
+@data_app.command("synth")
+def data_synth(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    workers: Annotated[int, typer.Option(help="parallel encoder processes")] = 2,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write the synthetic motion dataset (VP9 WebM + SSv2 annotations) to dataset.root."""
+
+    def action() -> None:
+        from mml.data.synth import SynthSpec, generate
+        from mml.progress import progress_bar
+
+        p = _params(params, overrides)
+        spec = SynthSpec(**p.synth.model_dump())
+        total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
+        with progress_bar("synth videos", total, not quiet) as advance:
+            generate(Path(p.dataset.root), spec, workers=workers,
+                     progress=lambda done, _total: advance(1))  # fmt: skip
+        typer.echo(f"wrote {total} videos to {p.dataset.root}")
+
+    _run(action)
+
+
+@data_app.command("check")
+def data_check(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Read the annotations and decode every video's frame count; list broken files."""
+
+    def action() -> None:
+        from mml.data.dataset import check_videos, load_split
+
+        p = _params(params, overrides)
+        broken_total = 0
+        for split in ("train", "val"):
+            ann = load_split(p.dataset, split)
+            broken = check_videos(ann, show_progress=not quiet)
+            broken_total += len(broken)
+            typer.echo(f"{split}: {len(ann.records)} videos, {len(ann.classes)} classes, "
+                       f"{len(broken)} broken")  # fmt: skip
+            for video_id, reason in broken:
+                typer.echo(f"  broken {video_id}: {reason}")
+        if broken_total:
+            raise typer.Exit(1)
+
+    _run(action)
+
+
+@app.command("train")
+def train(
+    stage: Annotated[str, typer.Argument(help="a stage under 'stages:' in params")],
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    restart: Annotated[bool, typer.Option(help="ignore last.pt and start over")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train every model of STAGE (resumes from checkpoints/STAGE/last.pt)."""
+
+    def action() -> None:
+        from mml.train import train_stage
+
+        final = train_stage(_params(params, overrides), stage, restart=restart,
+                            show_progress=not quiet)  # fmt: skip
+        for k, metrics in enumerate(final):
+            shown = {m: round(v, 2) for m, v in metrics.items() if m.startswith("val/")}
+            typer.echo(f"{stage}.{k}: {shown}")
+
+    _run(action)
+
+
+@app.command("evaluate")
+def evaluate(
+    stage: Annotated[str, typer.Argument(help="a trained stage")],
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Multi-view test of STAGE's models: metrics/STAGE.json, predictions/STAGE/*.npz, plots."""
+
+    def action() -> None:
+        from mml.evaluate import evaluate_stage
+
+        report = evaluate_stage(_params(params, overrides), stage, show_progress=not quiet)
+        summary = {k: {m: v for m, v in r.items() if m in ("modality", "top1", "top5", "mAP")}
+                   for k, r in report.items() if k.isdigit()}  # fmt: skip
+        typer.echo(f"{stage} ({report['views']}): {json.dumps(summary)}")
+
+    _run(action)
+
+
+def main() -> None:
+    app(prog_name="mml")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Configuration: pydantic models for `params.yaml`, the only place that reads it.
+
+`load_params(path, overrides)` reads the YAML file, applies `-S key.path=value` overrides and
+validates everything. Any problem becomes a `ConfigError` whose message names the file and the
+key, so that the CLI can print one paragraph instead of a traceback. A stage's own `overrides`
+(dotted keys into the global sections) are applied by `Params.for_stage`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from mml.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Modality = Literal["rgb", "flow", "diff"]
+Method = Literal["ce", "ml", "mml", "mars", "d3d"]
+Arch = Literal["tsm_resnet18", "tsm_resnet50", "tsm_resnet101", "tsm_mobilenet_v2"]
+INIT_PATTERN = re.compile(r"^(imagenet|scratch|[A-Za-z0-9_\-]+\.\d+)$")
+
+
+class ConfigError(UserError, ValueError):
+    """A params file or override is invalid; the message says where and what."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class DatasetConfig(Section):
+    name: str = "synthetic"
+    format: Literal["ssv2", "charades", "csv"] = "ssv2"
+    root: Path = Path("data/raw/synthetic")
+    video_dir: str = "videos"
+    ext: str = ".webm"
+    labels: str = "labels.json"
+    train: str = "train.json"
+    val: str = "validation.json"
+
+
+class SynthConfig(Section):
+    seed: int = 0
+    train_per_class: int = Field(40, ge=1)
+    val_per_class: int = Field(10, ge=1)
+    frames: tuple[int, int] = (24, 40)
+    height: int = Field(64, ge=16)
+    width: int = Field(64, ge=16)
+    fps: float = Field(12.0, gt=0)
+    codec: Literal["vp9", "vp8", "h264"] = "vp9"
+    num_classes: int = Field(12, ge=2)
+    distractors: int = Field(2, ge=0)
+    jitter: float = Field(1.5, ge=0)
+    noise: float = Field(6.0, ge=0)
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 2 <= v[0] <= v[1]:
+            raise ValueError(f"need 2 <= min <= max, got {list(v)}")
+        return v
+
+
+class ClipConfig(Section):
+    segments: int = Field(8, ge=1, description="T: input frames per clip")
+    sampling: Literal["uniform", "dense", "mixed"] = "mixed"
+    mix: float = Field(0.5, ge=0, le=1, description="P(uniform) for mixed sampling")
+    dense_stride: int | None = Field(None, ge=1, description="None: 32 // segments")
+    scale_size: int = Field(64, ge=8, description="short side before cropping")
+    crop_size: int = Field(56, ge=8)
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+    max_distort: int = Field(1, ge=0)
+    flip: bool = False
+
+    @property
+    def stride(self) -> int:
+        return self.dense_stride or max(1, 32 // self.segments)
+
+
+class LoaderConfig(Section):
+    batch_size: int = Field(16, ge=1)
+    workers: int = Field(2, ge=0)
+
+
+class ModelConfig(Section):
+    arch: Arch = "tsm_resnet18"
+    width_mult: float = Field(1.0, gt=0, description="MobileNetV2 only")
+    shift_div: int = Field(8, ge=2)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    partial_bn: bool = False
+    weights: str = Field("DEFAULT", description="torchvision weight enum member for init=imagenet")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(6, ge=1)
+    lr: float = Field(0.02, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step"] = "cosine"
+    lr_steps: tuple[int, ...] = ()
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    clip_grad: float | None = Field(20.0, gt=0)
+    kl_weight: float = Field(1.0, ge=0)
+    kl_form: Literal["pairwise", "mean_logits"] = "pairwise"
+
+
+class EvalConfig(Section):
+    dense_views: int = Field(1, ge=0)
+    uniform_views: int = Field(2, ge=0)
+    fuse: Literal["logits", "probs"] = "logits"
+    batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _some_view(self) -> EvalConfig:
+        if self.dense_views + self.uniform_views == 0:
+            raise ValueError("dense_views + uniform_views must be at least 1")
+        return self
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlruns")
+    experiment: str | None = Field(None, description="None: mml-<dataset.name>")
+
+
+class PathsConfig(Section):
+    checkpoints: Path = Path("checkpoints")
+    metrics: Path = Path("metrics")
+    predictions: Path = Path("predictions")
+    plots: Path = Path("plots")
+
+
+class ModelSpec(Section):
+    modality: Modality = "rgb"
+    init: str = "scratch"
+
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, v: str) -> str:
+        if not INIT_PATTERN.match(v):
+            raise ValueError(f"init must be 'imagenet', 'scratch' or '<stage>.<k>', got {v!r}")
+        return v
+
+
+class StageConfig(Section):
+    method: Method = "ce"
+    models: tuple[ModelSpec, ...] = (ModelSpec(),)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(cls, v: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+        if not v:
+            raise ValueError("a stage needs at least one model")
+        return v
+
+
+class Params(Section):
+    seed: int = 0
+    dataset: DatasetConfig = DatasetConfig()
+    synth: SynthConfig = SynthConfig()
+    clip: ClipConfig = ClipConfig()
+    loader: LoaderConfig = LoaderConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    paths: PathsConfig = PathsConfig()
+    stages: dict[str, StageConfig] = Field(default_factory=dict)
+    source: str = Field("params.yaml", exclude=True, description="where it was read from")
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in self.stages:
+            known = ", ".join(sorted(self.stages)) or "none"
+            raise ConfigError(f"{self.source}: no stage {name!r} under 'stages' (known: {known}).")
+        return self.stages[name]
+
+    def for_stage(self, name: str) -> Params:
+        """These params with the stage's `overrides` applied (validated like the file)."""
+        overrides = self.stage(name).overrides
+        if not overrides:
+            return self
+        raw = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value, f"stages.{name}.overrides")
+        raw["source"] = self.source
+        return _validate(raw, f"{self.source} (stages.{name}.overrides)")
+
+    def flat(self) -> dict[str, Any]:
+        """All params as a flat {dotted.key: value} dict (for MLflow)."""
+        return _flatten(self.model_dump(mode="json", exclude={"stages"}))
+
+
+def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | list[str] = ()) -> Params:
+    """Read, override (`key.path=value`, value parsed as YAML) and validate a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (pass --params PATH).") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections.")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE, e.g. train.epochs=3.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(raw, key.strip(), value, f"override {item!r}")
+    raw["source"] = str(path)
+    return _validate(raw, str(path))
+
+
+def _validate(raw: dict[str, Any], where: str) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = [_describe(e) for e in err.errors()]
+        raise ConfigError(f"{where}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        hint = _suggest(loc)
+        return f"{key}: unknown key{hint}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _suggest(loc: list[str]) -> str:
+    """' (did you mean X?)' for a mistyped key, using the section's known field names."""
+    model: type[BaseModel] | None = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model else None
+        annotation = getattr(field, "annotation", None)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if model is None:
+            return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1) if model else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {key!r} goes through {part!r}, which is not a section.")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,1 @@
+"""Video data: decoding, caches, sampling plans and datasets."""

@@ -1,0 +1,232 @@
+"""Evaluation: multi-view prediction, metrics (top-k, per-class, mAP), reports and plots.
+
+`evaluate_stage` tests every model of a stage with the "Dense k + Uniform m" views of
+`evaluate` params, writes metrics/<stage>.json and predictions/<stage>/<k>.npz (class
+probabilities, for ensembles) and logs metrics and a confusion matrix to the model's
+MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mml.config import LoaderConfig, Params
+from mml.progress import progress_bar
+
+
+def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Percentage of rows whose target is among the k highest scores (ties: lowest index)."""
+    if len(targets) == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float((top == targets[:, None]).any(axis=1).mean() * 100)
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over classes with a positive of AP = mean precision at each positive (ranked by score)."""
+    aps = []
+    for c in range(scores.shape[1]):
+        positives = targets[:, c] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = positives[order]
+        precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(precision_at[hits].mean())
+    return float(np.mean(aps) * 100) if aps else float("nan")
+
+
+def per_class_accuracy(scores: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Top-1 accuracy (%) of each class; NaN for classes absent from `targets`."""
+    pred = scores.argmax(axis=1)
+    acc = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        mask = targets == c
+        if mask.any():
+            acc[c] = (pred[mask] == c).mean() * 100
+    return acc
+
+
+def confusion_matrix(scores: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [true class, predicted class]."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (targets, scores.argmax(axis=1)), 1)
+    return matrix
+
+
+def summarize(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> dict[str, float]:
+    if multilabel:
+        return {"mAP": mean_average_precision(scores, targets)}
+    return {"top1": topk_accuracy(scores, targets, 1), "top5": topk_accuracy(scores, targets, 5)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Fused class probabilities of one model for every (decodable) video."""
+
+    scores: np.ndarray
+    targets: np.ndarray
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    members: list[Prediction]
+    skipped: list[str]
+
+
+@torch.no_grad()
+def predict_dataset(
+    models: Sequence[torch.nn.Module],
+    modalities: Sequence[str],
+    dataset,
+    loader: LoaderConfig,
+    *,
+    batch_size: int,
+    fuse: str,
+    label: str = "predict",
+    show_progress: bool = True,
+) -> Predictions:
+    """Run each model on its modality of every test view; fuse views (logits or probs)."""
+    from mml.data.dataset import make_loader
+
+    multilabel = dataset.multilabel
+    for model in models:
+        model.eval()
+    batches = make_loader(dataset, loader, shuffle=False, seed=0, batch_size=batch_size)
+    scores: list[list[np.ndarray]] = [[] for _ in models]
+    targets, ids, skipped = [], [], []
+    with progress_bar(label, len(batches), show_progress) as advance:
+        for batch in batches:
+            skipped += batch.skipped
+            if batch.ids:
+                for out, model, modality in zip(scores, models, modalities, strict=True):
+                    out.append(_fuse_views(model, batch.inputs[modality], fuse, multilabel))
+                targets.append(batch.targets.numpy())
+                ids += batch.ids
+            advance()
+    target_array = np.concatenate(targets) if targets else np.empty(0, dtype=np.int64)
+    members = [
+        Prediction(np.concatenate(s) if s else np.empty((0, 0)), target_array, ids)
+        for s in scores
+    ]
+    return Predictions(members, skipped)
+
+
+def _fuse_views(model: torch.nn.Module, x: torch.Tensor, fuse: str, multilabel: bool) -> np.ndarray:
+    """x: (B, V, T, C, H, W) -> (B, K) probabilities, averaging logits or probabilities."""
+    b, v = x.shape[:2]
+    logits = model(x.flatten(0, 1)).view(b, v, -1)
+    activate = torch.sigmoid if multilabel else (lambda z: torch.softmax(z, dim=-1))
+    if fuse == "logits":
+        return activate(logits.mean(dim=1)).numpy()
+    return activate(logits).mean(dim=1).numpy()
+
+
+def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) -> dict:
+    """Multi-view test of every model of `stage`; writes metrics, predictions, plots; logs them."""
+    from mml import tracking
+    from mml.data.dataset import VideoClips, load_split
+    from mml.data.sampling import ViewPlan
+    from mml.models.factory import model_from_checkpoint
+
+    cfg = params.stage(stage)
+    params = params.for_stage(stage)
+    ann = load_split(params.dataset, "val")
+    plan = ViewPlan(dense=params.evaluate.dense_views, uniform=params.evaluate.uniform_views)
+    paths = [params.paths.checkpoints / stage / f"{k}.pt" for k in range(len(cfg.models))]
+    loaded = [model_from_checkpoint(p) for p in paths]
+    modalities = [meta["modality"] for _, meta in loaded]
+    dataset = VideoClips(ann, params.clip, train=False, views=plan, modalities=sorted(set(modalities)))
+    result = predict_dataset(
+        [m for m, _ in loaded], modalities, dataset, params.loader,
+        batch_size=params.evaluate.batch_size, fuse=params.evaluate.fuse,
+        label=f"{stage} evaluate ({plan})", show_progress=show_progress,
+    )  # fmt: skip
+    report: dict = {"views": str(plan), "fuse": params.evaluate.fuse, "skipped": result.skipped}
+    client, _ = tracking.client_and_experiment(params)
+    for k, ((_, meta), pred) in enumerate(zip(loaded, result.members, strict=True)):
+        report[str(k)] = _report_model(params, stage, k, meta, pred, ann.classes, client)
+    out = params.paths.metrics / f"{stage}.json"
+    _write_json(out, report)
+    parent = loaded[0][1].get("parent_run_id")
+    if parent:
+        tracking.log_artifacts(client, parent, [out], "evaluation")
+    return report
+
+
+def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Prediction,
+                  classes: Sequence[str], client) -> dict:  # fmt: skip
+    from mml import tracking
+    from mml.checkpoint import atomic_write
+
+    multilabel = bool(meta.get("multilabel"))
+    metrics = summarize(pred.scores, pred.targets, multilabel)
+    entry: dict = {"modality": meta["modality"], "init": meta.get("init", ""), **metrics}
+    npz = params.paths.predictions / stage / f"{k}.npz"
+    atomic_write(npz, lambda tmp: _save_npz(tmp, pred, classes))
+    artifacts = [npz]
+    if not multilabel:
+        per_class = per_class_accuracy(pred.scores, pred.targets, len(classes))
+        entry["per_class_top1"] = {c: _finite(a) for c, a in zip(classes, per_class, strict=True)}
+        png = params.paths.plots / stage / f"confusion_{k}.png"
+        plot_confusion(confusion_matrix(pred.scores, pred.targets, len(classes)), classes, png,
+                       title=f"{stage}.{k} ({meta['modality']}) top-1 {metrics['top1']:.1f}%")  # fmt: skip
+        artifacts.append(png)
+    if meta.get("run_id"):
+        tracking.log_metrics(client, meta["run_id"], {f"test/{m}": v for m, v in metrics.items()})
+        tracking.log_artifacts(client, meta["run_id"], artifacts, "evaluation")
+    return entry
+
+
+def _save_npz(path: Path, pred: Prediction, classes: Sequence[str]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, scores=pred.scores, targets=pred.targets,
+                            ids=np.array(pred.ids), classes=np.array(list(classes)))  # fmt: skip
+
+
+def _finite(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 4)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from mml.checkpoint import atomic_write
+
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix as a PNG (written atomically)."""
+    import matplotlib
+
+    matrix_norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(5.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(matrix_norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), [c[:28] for c in classes], rotation=75, ha="right",
+                  fontsize=7)  # fmt: skip
+    ax.set_yticks(range(len(classes)), [c[:28] for c in classes], fontsize=7)
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            color = "white" if matrix_norm[i, j] > 0.5 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=6, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    from mml.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)

@@ -1,0 +1,98 @@
+"""Build a stage's model from config: architecture, modality channels and initialisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torchvision
+
+from mml import checkpoint
+from mml.config import ModelConfig
+from mml.models.backbones import BUILDERS, TSM
+from mml.models.stem import set_in_channels
+
+MODALITY_CHANNELS = {"rgb": 3, "flow": 10, "diff": 15}  # per input frame (ARCHITECTURE §1)
+
+
+def build_model(
+    cfg: ModelConfig,
+    num_classes: int,
+    modality: str,
+    init: str = "scratch",
+    checkpoints: Path = Path("checkpoints"),
+) -> TSM:
+    """A TSM model for `modality` initialised from `imagenet`, `scratch` or `<stage>.<k>`.
+
+    `<stage>.<k>` loads checkpoints/<stage>/<k>.pt completely, head included; when that
+    model saw another modality its first conv is adapted (MML §2.1).
+    """
+    in_channels = MODALITY_CHANNELS[modality]
+    if init in ("imagenet", "scratch"):
+        weights = _imagenet_weights(cfg) if init == "imagenet" else None
+        return _make(cfg, num_classes, in_channels, weights)
+    stage, k = init.rsplit(".", 1)
+    path = checkpoints / stage / f"{k}.pt"
+    payload = checkpoint.load(path)
+    meta = payload["meta"]
+    if meta["num_classes"] != num_classes:
+        raise checkpoint.CheckpointError(
+            f"{path} predicts {meta['num_classes']} classes but this dataset has {num_classes}; "
+            "initialise from a model trained on the same dataset."
+        )
+    source = ModelConfig(**meta["model"])
+    if source.arch != cfg.arch:
+        raise checkpoint.CheckpointError(
+            f"{path} is a {source.arch} model, this stage builds {cfg.arch}."
+        )
+    model = _make(cfg, num_classes, meta["in_channels"], None)
+    model.load_state_dict(payload["state_dict"])
+    set_in_channels(model.backbone, in_channels)
+    return model
+
+
+def model_meta(cfg: ModelConfig, model: TSM, modality: str, **extra: Any) -> dict[str, Any]:
+    """The plain-data description saved next to a model's weights."""
+    return {
+        "model": cfg.model_dump(mode="json"),
+        "num_classes": model.fc.out_features,
+        "in_channels": MODALITY_CHANNELS[modality],
+        "modality": modality,
+        **extra,
+    }
+
+
+def model_from_checkpoint(path: Path) -> tuple[TSM, dict[str, Any]]:
+    """Rebuild a saved model (eval mode) and return it with its metadata."""
+    payload = checkpoint.load(path)
+    meta = payload["meta"]
+    cfg = ModelConfig(**meta["model"])
+    model = _make(cfg, meta["num_classes"], meta["in_channels"], None)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), meta
+
+
+def _make(cfg: ModelConfig, num_classes: int, in_channels: int, weights) -> TSM:
+    builder, _ = BUILDERS[cfg.arch]
+    kwargs: dict[str, Any] = dict(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shift_div=cfg.shift_div,
+        weights=weights,
+        dropout=cfg.dropout,
+        partial_bn=cfg.partial_bn,
+    )
+    if cfg.arch == "tsm_mobilenet_v2":
+        kwargs["width_mult"] = cfg.width_mult
+    return builder(**kwargs)
+
+
+def _imagenet_weights(cfg: ModelConfig) -> torchvision.models.WeightsEnum:
+    """The torchvision weight enum member named by `model.weights` (e.g. DEFAULT, IMAGENET1K_V1)."""
+    _, tv_name = BUILDERS[cfg.arch]
+    enum = torchvision.models.get_model_weights(tv_name)
+    try:
+        return enum[cfg.weights]
+    except KeyError:
+        names = ", ".join(["DEFAULT", *enum.__members__])
+        raise ValueError(f"model.weights={cfg.weights!r} is not one of {names}") from None

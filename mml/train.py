@@ -1,0 +1,271 @@
+"""Training of a stage: M models, one loader, one step; per-epoch validation, checkpoints, resume.
+
+`Trainer.step` is the whole method on one screen: forward every model on its modality of
+the same clips, task loss (+ w * mutual KL to the detached peers for ML/MML), backward,
+every optimizer steps. Everything random is seeded from (seed, epoch), so a run
+interrupted after any epoch and resumed from `last.pt` ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mml import checkpoint, losses, tracking
+from mml.config import ConfigError, Params
+from mml.data.dataset import Batch, VideoClips, load_split, make_loader
+from mml.evaluate import topk_accuracy
+from mml.models.factory import build_model, model_meta
+from mml.progress import progress_bar
+
+log = logging.getLogger(__name__)
+SUPPORTED_METHODS = ("ce", "ml")
+
+
+@dataclass
+class Member:
+    """One model of a stage with its optimizer and MLflow run."""
+
+    index: int
+    modality: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    run_id: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains every model of `stage` together; see the module docstring."""
+
+    def __init__(self, params: Params, stage: str, *, show_progress: bool = True) -> None:
+        self.stage = stage
+        self.cfg = params.stage(stage)
+        self.params = params.for_stage(stage)
+        if self.cfg.method not in SUPPORTED_METHODS:
+            raise ConfigError(
+                f"{params.source}: stages.{stage}.method={self.cfg.method!r} is not available yet "
+                f"(supported: {', '.join(SUPPORTED_METHODS)})."
+            )
+        _check_inits(stage, self.cfg)
+        self.show_progress = show_progress
+        self.out_dir = self.params.paths.checkpoints / stage
+        self.train_ann = load_split(self.params.dataset, "train")
+        self.val_ann = load_split(self.params.dataset, "val")
+        self.multilabel = self.train_ann.multilabel
+        modalities = sorted({m.modality for m in self.cfg.models})
+        self.train_set = VideoClips(
+            self.train_ann, self.params.clip, train=True, seed=self.params.seed,
+            modalities=modalities,
+        )  # fmt: skip
+        self.val_set = VideoClips(self.val_ann, self.params.clip, train=False, modalities=modalities)
+        self.members = [self._member(k) for k in range(len(self.cfg.models))]
+        self.start_epoch = 0
+        self.parent_run_id = ""
+
+    def _member(self, k: int) -> Member:
+        spec = self.cfg.models[k]
+        torch.manual_seed(self.params.seed * 1000 + k)  # different inits for "scratch" models
+        model = build_model(
+            self.params.model, len(self.train_ann.classes), spec.modality, spec.init,
+            checkpoints=self.params.paths.checkpoints,
+        )  # fmt: skip
+        optimizer = _optimizer(model, self.params, fresh_head=spec.init == "imagenet")
+        return Member(k, spec.modality, model, optimizer)
+
+    # ---- the training step -------------------------------------------------------------
+    def step(self, batch: Batch, lr: float) -> list[dict[str, float]]:
+        """One optimisation step of every model on `batch`; returns per-model loss terms."""
+        logits = [m.model(batch.inputs[m.modality]) for m in self.members]
+        stats, total = [], 0.0
+        for i, m in enumerate(self.members):
+            loss_task = losses.task_loss(logits[i], batch.targets, multilabel=self.multilabel)
+            loss = loss_task
+            terms = {"train/loss_ce": loss_task.item()}
+            if self.cfg.method in ("ml", "mml"):
+                peers = [logits[j] for j in range(len(logits)) if j != i]
+                loss_kl = losses.mutual_kl(
+                    logits[i], peers, multilabel=self.multilabel, form=self.params.train.kl_form
+                )
+                loss = loss + self.params.train.kl_weight * loss_kl
+                terms["train/loss_kl"] = loss_kl.item()
+            terms["train/loss"] = loss.item()
+            terms["train/top1"] = self._top1(logits[i], batch.targets)
+            stats.append(terms)
+            total = total + loss
+        for m in self.members:
+            m.optimizer.zero_grad(set_to_none=True)
+            for group in m.optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+        total.backward()  # models share no parameters: one backward serves all
+        for m in self.members:
+            if self.params.train.clip_grad:
+                torch.nn.utils.clip_grad_norm_(m.model.parameters(), self.params.train.clip_grad)
+            m.optimizer.step()
+        return stats
+
+    def _top1(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        if self.multilabel:
+            return float("nan")
+        return (logits.argmax(-1) == targets).float().mean().item() * 100
+
+    # ---- epochs --------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> tuple[list[dict[str, float]], int]:
+        torch.manual_seed(self.params.seed * 7919 + epoch)  # dropout stream of this epoch
+        for m in self.members:
+            m.model.train()
+        loader = make_loader(self.train_set, self.params.loader, shuffle=True,
+                             seed=self.params.seed, epoch=epoch)  # fmt: skip
+        sums = [dict() for _ in self.members]
+        seen, skipped = 0, 0
+        with progress_bar(f"{self.stage} epoch {epoch + 1}", len(loader), self.show_progress) as bar:
+            for i, batch in enumerate(loader):
+                skipped += len(batch.skipped)
+                if batch.ids:
+                    lr = self.lr_at(epoch + i / len(loader))
+                    n = len(batch.ids)
+                    for acc, terms in zip(sums, self.step(batch, lr), strict=True):
+                        for key, value in terms.items():
+                            acc[key] = acc.get(key, 0.0) + value * n
+                    seen += n
+                bar()
+        return [{k: v / max(seen, 1) for k, v in acc.items()} for acc in sums], skipped
+
+    @torch.no_grad()
+    def validate(self) -> tuple[list[dict[str, float]], int]:
+        """Single centre-view validation of every model (the paper's ablation protocol)."""
+        from mml.evaluate import predict_dataset, summarize
+
+        results = predict_dataset(
+            [m.model for m in self.members], [m.modality for m in self.members], self.val_set,
+            self.params.loader, batch_size=self.params.evaluate.batch_size, fuse="logits",
+            label=f"{self.stage} validate", show_progress=self.show_progress,
+        )  # fmt: skip
+        metrics = [
+            {f"val/{k}": v for k, v in summarize(r.scores, r.targets, self.multilabel).items()}
+            for r in results.members
+        ]
+        return metrics, len(results.skipped)
+
+    def lr_at(self, epoch: float) -> float:
+        """Learning rate at fractional `epoch`: linear warm-up, then cosine or step decay."""
+        t = self.params.train
+        if epoch < t.warmup_epochs:
+            return t.lr * (epoch + 1e-3) / t.warmup_epochs
+        if t.schedule == "cosine":
+            return 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
+        return t.lr * t.lr_decay ** sum(epoch >= s for s in t.lr_steps)
+
+    # ---- the whole run ---------------------------------------------------------------------
+    def run(self, *, restart: bool = False) -> list[dict[str, float]]:
+        """Train to `train.epochs`, resuming from last.pt unless `restart`; returns final metrics."""
+        client, experiment_id = tracking.client_and_experiment(self.params)
+        if not restart and (self.out_dir / "last.pt").exists():
+            self._resume(client)
+        else:
+            self.parent_run_id = tracking.start_stage(client, experiment_id, self.params, self.stage)
+            for m in self.members:
+                m.run_id = tracking.start_model(
+                    client, experiment_id, self.params, self.stage, m.index, self.parent_run_id
+                )
+        for epoch in range(self.start_epoch, self.params.train.epochs):
+            train_stats, skipped = self.train_epoch(epoch)
+            val_stats, val_skipped = self.validate()
+            for m, tr, va in zip(self.members, train_stats, val_stats, strict=True):
+                row = {**tr, **va, "lr": self.lr_at(epoch), "data/skipped": skipped + val_skipped}
+                m.history.append(row)
+                tracking.log_metrics(client, m.run_id, row, step=epoch)
+            log.info("%s epoch %d: %s", self.stage, epoch + 1, [m.history[-1] for m in self.members])
+            self._save(epoch + 1)
+        for m in self.members:
+            tracking.log_artifacts(client, m.run_id, [self.out_dir / f"{m.index}.pt"], "checkpoint")
+            tracking.end_run(client, m.run_id)
+        tracking.end_run(client, self.parent_run_id)
+        return [m.history[-1] for m in self.members]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes this stage's training (resume must match it)."""
+        data = self.params.model_dump(mode="json", exclude={"tracking", "stages"})
+        data["stage"] = self.cfg.model_dump(mode="json")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _save(self, epochs_done: int) -> None:
+        for m in self.members:
+            meta = model_meta(
+                self.params.model, m.model, m.modality, classes=list(self.train_ann.classes),
+                stage=self.stage, index=m.index, init=self.cfg.models[m.index].init,
+                run_id=m.run_id, parent_run_id=self.parent_run_id, epochs=epochs_done,
+                multilabel=self.multilabel, clip=self.params.clip.model_dump(mode="json"),
+            )  # fmt: skip
+            checkpoint.save(
+                self.out_dir / f"{m.index}.pt",
+                {"format": 1, "state_dict": m.model.state_dict(), "meta": meta},
+            )
+        checkpoint.save(self.out_dir / "last.pt", {
+            "format": 1,
+            "fingerprint": self.fingerprint(),
+            "epoch": epochs_done,
+            "parent_run_id": self.parent_run_id,
+            "members": [
+                {"model": m.model.state_dict(), "optimizer": m.optimizer.state_dict(),
+                 "run_id": m.run_id, "history": m.history}
+                for m in self.members
+            ],
+        })  # fmt: skip
+
+    def _resume(self, client) -> None:
+        path = self.out_dir / "last.pt"
+        state = checkpoint.load(path)
+        if state.get("fingerprint") != self.fingerprint():
+            raise checkpoint.CheckpointError(
+                f"{path} was written with other params for stage {self.stage!r}; "
+                "pass --restart to train from scratch (the old checkpoint is replaced)."
+            )
+        self.start_epoch = state["epoch"]
+        self.parent_run_id = state["parent_run_id"]
+        for m, saved in zip(self.members, state["members"], strict=True):
+            m.model.load_state_dict(saved["model"])
+            m.optimizer.load_state_dict(saved["optimizer"])
+            m.run_id, m.history = saved["run_id"], list(saved["history"])
+        for run_id in [self.parent_run_id, *(m.run_id for m in self.members)]:
+            tracking.resume_run(client, run_id)
+        log.info("%s: resuming after epoch %d from %s", self.stage, self.start_epoch, path)
+
+
+def _optimizer(model: torch.nn.Module, params: Params, *, fresh_head: bool) -> torch.optim.SGD:
+    """SGD with TSN's groups: no weight decay on biases/BN; a new head learns 5x (bias 10x)."""
+    t = params.train
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("fc.")
+        decay = t.weight_decay if p.dim() > 1 else 0.0
+        mult = (10.0 if p.dim() == 1 else 5.0) if (is_head and fresh_head) else 1.0
+        groups.setdefault((decay, mult), []).append(p)
+    return torch.optim.SGD(
+        [{"params": ps, "weight_decay": d, "lr_mult": m, "lr": t.lr * m}
+         for (d, m), ps in groups.items()],
+        lr=t.lr, momentum=t.momentum,
+    )  # fmt: skip
+
+
+def _check_inits(stage: str, cfg) -> None:
+    """ML needs different inits, else both models are equal and their KL is 0 (paper §3.4)."""
+    if cfg.method == "ml":
+        inits = [(m.modality, m.init) for m in cfg.models]
+        if len(set(inits)) < len(inits) and any(i != "scratch" for _, i in inits):
+            raise ConfigError(
+                f"stages.{stage}: ML models need different inits, got {[i for _, i in inits]} "
+                "(identical models have zero mutual KL; init each from a different model)."
+            )
+
+
+def train_stage(params: Params, stage: str, *, restart: bool = False, show_progress: bool = True):
+    """Train `stage` (resume when possible) and return the final per-model metrics."""
+    return Trainer(params, stage, show_progress=show_progress).run(restart=restart)
