@@ -1,0 +1,92 @@
+"""params.yaml validation: errors name the file and the key; overrides; stage overrides."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mml.config import ConfigError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.stage("rgb_ce").method == "ce"
+    assert params.clip.stride == 4  # 32 // 8, the authors' dense stride
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    path = write(tmp_path, "train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+    assert "train.epoch: unknown key (did you mean 'epochs'?)" in str(err.value)
+
+
+def test_bad_value_names_the_key(tmp_path):
+    path = write(tmp_path, "clip:\n  segments: many\n")
+    with pytest.raises(ConfigError, match=r"clip\.segments: .*integer"):
+        load_params(path)
+    with pytest.raises(ConfigError, match=r"stages\.a\.models\.0\.init"):
+        load_params(write(tmp_path, "stages:\n  a:\n    models: [{init: 'x y'}]\n"))
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 3\n")
+    params = load_params(path, ["train.epochs=5", "clip.scales=[1.0, 0.5]", "model.arch=tsm_resnet50"])
+    assert params.train.epochs == 5 and params.clip.scales == (1.0, 0.5)
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_params(path, ["train.epochs"])
+    with pytest.raises(ConfigError, match=r"override 'train.epochs.x=1'.*not a section"):
+        load_params(path, ["train.epochs.x=1"])
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        load_params(path, ["train.lr=-1"])
+
+
+def test_stage_overrides_apply_and_are_validated(tmp_path):
+    path = write(tmp_path, "stages:\n  s:\n    overrides: {clip.segments: 1}\n"
+                 "  bad:\n    overrides: {clip.segmnts: 1}\n")  # fmt: skip
+    params = load_params(path)
+    assert params.for_stage("s").clip.segments == 1
+    assert params.clip.segments == 8
+    with pytest.raises(ConfigError, match=r"(?s)stages.bad.overrides.*clip.segmnts: unknown key"):
+        params.for_stage("bad")
+    with pytest.raises(ConfigError, match="no stage 'nope'.*known: bad, s"):
+        params.stage("nope")
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(write(tmp_path, "train: [unclosed\n"))
+
+
+def test_cli_reports_bad_params_without_traceback(tmp_path):
+    path = write(tmp_path, "train:\n  epoch: 3\nstages:\n  s: {}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mml", "train", "s", "--params", str(path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "train.epoch: unknown key" in proc.stderr and str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = "import sys; from mml.cli import app; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mml", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "train" in proc.stdout and "evaluate" in proc.stdout
+    assert time.perf_counter() - start < 3.0  # generous for a loaded CI box; ~0.2 s here

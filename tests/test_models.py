@@ -1,0 +1,94 @@
+"""Temporal shift, TSM builders, first-conv adaptation, partial BN, weight enums."""
+
+import pytest
+import torch
+import torchvision
+
+from mml.config import ModelConfig
+from mml.models import (
+    adapt_first_conv,
+    build_model,
+    temporal_shift,
+    tsm_mobilenet_v2,
+    tsm_resnet18,
+    tsm_resnet101,
+)
+from mml.models.factory import _imagenet_weights
+from mml.models.temporal_shift import TemporalShift
+
+
+def test_temporal_shift_moves_one_eighth_each_way():
+    n, t, c = 2, 4, 16
+    x = torch.arange(t, dtype=torch.float32).view(1, t, 1, 1, 1).expand(n, t, c, 1, 1)
+    x = (x * 100 + torch.arange(c).view(1, 1, c, 1, 1)).reshape(n * t, c, 1, 1).contiguous()
+    out = temporal_shift(x, segments=t, fold_div=8).view(n, t, c)
+    ref = x.view(n, t, c)
+    for ti in range(t):
+        for ch in range(c):
+            if ch < 2:  # fold = 2: take the NEXT frame, zero at the last
+                want = ref[0, ti + 1, ch] if ti + 1 < t else 0.0
+            elif ch < 4:  # take the PREVIOUS frame, zero at the first
+                want = ref[0, ti - 1, ch] if ti > 0 else 0.0
+            else:
+                want = ref[0, ti, ch]
+            assert out[1, ti, ch] == want, (ti, ch)
+
+
+def test_temporal_shift_rejects_bad_batch():
+    with pytest.raises(ValueError, match="multiple"):
+        temporal_shift(torch.zeros(5, 8, 1, 1), segments=2)
+
+
+def test_adapt_first_conv_matches_paper_pseudocode():
+    w = torch.randn(4, 3, 7, 7)
+    new = adapt_first_conv(w, 10)
+    assert new.shape == (4, 10, 7, 7)
+    for i in range(10):
+        assert torch.allclose(new[:, i], (w[:, 0] + w[:, 1] + w[:, 2]) / 3)
+    w3d = torch.randn(4, 3, 3, 7, 7)
+    assert adapt_first_conv(w3d, 15).shape == (4, 15, 3, 7, 7)
+
+
+@pytest.mark.parametrize("in_channels", [3, 10, 15])
+def test_tsm_resnet18_shapes_and_consensus(in_channels):
+    torch.manual_seed(0)
+    model = tsm_resnet18(num_classes=5, in_channels=in_channels).eval()
+    x = torch.randn(2, 4, in_channels, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, 5)
+    frame_logits = model.fc(model.backbone(x.flatten(0, 1))).view(2, 4, 5)
+    assert torch.allclose(logits, frame_logits.mean(1), atol=1e-6)
+    assert sum(isinstance(m, TemporalShift) for m in model.modules()) == 8
+
+
+def test_temporal_order_matters():
+    torch.manual_seed(0)
+    model = tsm_resnet18(num_classes=5).eval()
+    x = torch.randn(1, 4, 3, 32, 32)
+    assert not torch.allclose(model(x), model(x.flip(1)), atol=1e-5)
+
+
+def test_resnet101_shifts_every_other_block_and_mobilenet_builds():
+    model = tsm_resnet101(num_classes=3)
+    shifted = sum(isinstance(m, TemporalShift) for m in model.modules())
+    assert shifted == 2 + 2 + 12 + 2  # blocks 0, 2, ... of 3, 4, 23, 3
+    mobile = tsm_mobilenet_v2(num_classes=3, in_channels=10, width_mult=0.5).eval()
+    assert mobile(torch.randn(1, 2, 10, 32, 32)).shape == (1, 3)
+    with pytest.raises(ValueError, match="width_mult"):
+        tsm_mobilenet_v2(num_classes=3, width_mult=0.5,
+                         weights=torchvision.models.MobileNet_V2_Weights.DEFAULT)  # fmt: skip
+
+
+def test_partial_bn_freezes_all_but_first_bn():
+    model = build_model(ModelConfig(partial_bn=True), 4, "rgb").train()
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns[0].training and bns[0].weight.requires_grad
+    assert all(not b.training and not b.weight.requires_grad for b in bns[1:])
+
+
+def test_imagenet_init_goes_through_torchvision_weight_enums():
+    assert _imagenet_weights(ModelConfig()) is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cfg = ModelConfig(arch="tsm_resnet50", weights="IMAGENET1K_V2")
+    assert _imagenet_weights(cfg) is torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        _imagenet_weights(ModelConfig(weights="IMAGENET9K"))
