@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny synthetic dataset (real WebM files) and project directories."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_SYNTH = dict(seed=3, train_per_class=3, val_per_class=2, frames=[10, 14], height=32,
+                  width=32, fps=12, codec="vp9", num_classes=4, distractors=1, jitter=1.0,
+                  noise=4.0)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A 4-class synthetic SSv2-format dataset, 12 train + 8 val videos of 32x32 px."""
+    from mml.data.synth import SynthSpec, generate
+
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    generate(root, SynthSpec(**{**TINY_SYNTH, "frames": tuple(TINY_SYNTH["frames"])}))
+    return root
+
+
+def tiny_params(dataset_root: Path, **sections) -> dict:
+    """params.yaml content for a tiny, fast run on `dataset_root`."""
+    params = {
+        "seed": 0,
+        "dataset": {"name": "tiny", "root": str(dataset_root)},
+        "synth": TINY_SYNTH,
+        "clip": {"segments": 4, "scale_size": 32, "crop_size": 28},
+        "loader": {"batch_size": 4, "workers": 0},
+        "model": {"arch": "tsm_mobilenet_v2", "width_mult": 0.35, "dropout": 0.2},
+        "train": {"epochs": 2, "lr": 0.05},
+        "evaluate": {"batch_size": 4},
+        "stages": {"rgb_ce": {"method": "ce", "models": [{"modality": "rgb", "init": "scratch"}]}},
+    }
+    for name, values in sections.items():
+        params[name] = {**params.get(name, {}), **values} if isinstance(values, dict) else values
+    return params
+
+
+@pytest.fixture
+def project(tmp_path, tiny_dataset, monkeypatch) -> Path:
+    """A working directory with params.yaml and its own MLflow sqlite store."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_dataset)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (tmp_path / "mlruns").mkdir()
+    return tmp_path
+
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,123 @@
+"""End to end on tiny real videos: train (CE), resume, evaluate, MLflow, bad videos."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from conftest import copy_dataset, tiny_params
+from mml.cli import app
+from mml.train import Trainer
+
+runner = CliRunner()
+
+
+def mml(*args: str) -> str:
+    result = runner.invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def runs(stage: str) -> tuple:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("mml-tiny")
+    found = client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'")
+    parents = [r for r in found if r.data.tags["mml.role"] == "stage"]
+    children = [r for r in found if r.data.tags["mml.role"] == "model"]
+    return client, parents, children
+
+
+def test_train_and_evaluate_track_everything(project):
+    out = mml("train", "rgb_ce")
+    assert "rgb_ce.0" in out
+    for name in ("0.pt", "last.pt"):
+        payload = torch.load(project / "checkpoints/rgb_ce" / name, weights_only=True)
+        assert payload["format"] == 1
+
+    mlflow.set_tracking_uri(mlflow.get_tracking_uri())
+    client, parents, children = runs("rgb_ce")
+    assert len(parents) == 1 and len(children) == 1
+    parent, child = parents[0], children[0]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    for tag in ("stage", "method", "modality", "init", "peers", "dataset", "git_commit"):
+        assert tag in child.data.tags
+    assert child.data.tags["modality"] == "rgb" and child.data.tags["init"] == "scratch"
+    assert child.data.params["train.epochs"] == "2" and child.data.params["clip.segments"] == "4"
+    history = client.get_metric_history(child.info.run_id, "val/top1")
+    assert [m.step for m in history] == [0, 1]
+    assert {"train/loss_ce", "val/top5", "lr"} <= set(child.data.metrics)
+    artifacts = [a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")]
+    assert artifacts == ["checkpoint/0.pt"]
+    assert child.info.status == "FINISHED" and parent.info.status == "FINISHED"
+
+    out = mml("evaluate", "rgb_ce")
+    assert "Dense 1 + Uniform 2" in out
+    report = json.loads((project / "metrics/rgb_ce.json").read_text())
+    assert report["views"] == "Dense 1 + Uniform 2" and 0 <= report["0"]["top1"] <= 100
+    assert len(report["0"]["per_class_top1"]) == 4
+    npz = np.load(project / "predictions/rgb_ce/0.npz")
+    assert npz["scores"].shape == (8, 4) and np.allclose(npz["scores"].sum(1), 1, atol=1e-5)
+    assert (project / "plots/rgb_ce/confusion_0.png").stat().st_size > 1000
+    child = client.get_run(child.info.run_id)
+    assert child.data.metrics["test/top1"] == pytest.approx(report["0"]["top1"])
+    names = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
+    assert names == {"evaluation/0.npz", "evaluation/confusion_0.png"}
+
+
+def test_interrupted_training_resumes_to_the_same_result(project, monkeypatch, tmp_path_factory):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    params["loader"]["workers"] = 2  # resume must not depend on worker scheduling
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    mml("train", "rgb_ce")
+    reference = json.loads(json.dumps(torch.load(project / "checkpoints/rgb_ce/last.pt",
+                                                 weights_only=True)["members"][0]["history"]))
+    ref_weights = torch.load(project / "checkpoints/rgb_ce/0.pt", weights_only=True)
+
+    original = Trainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C'd during the third epoch
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    result = runner.invoke(app, ["train", "rgb_ce", "--quiet", "--restart"])
+    assert result.exit_code == 130 and "resume" in result.output
+    assert torch.load(project / "checkpoints/rgb_ce/last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    mml("train", "rgb_ce")  # resumes from last.pt
+    resumed = torch.load(project / "checkpoints/rgb_ce/last.pt", weights_only=True)
+    assert resumed["epoch"] == 3
+    assert resumed["members"][0]["history"] == reference
+    weights = torch.load(project / "checkpoints/rgb_ce/0.pt", weights_only=True)["state_dict"]
+    for key, value in ref_weights["state_dict"].items():
+        assert torch.equal(value, weights[key]), key
+    _, parents, _ = runs("rgb_ce")
+    assert len(parents) == 2  # the uninterrupted run and the interrupted + resumed one
+
+
+def test_resume_refuses_other_params(project):
+    mml("train", "rgb_ce")
+    result = runner.invoke(app, ["train", "rgb_ce", "-q", "-S", "train.epochs=3"])
+    assert result.exit_code == 2 and "--restart" in result.output
+
+
+def test_broken_video_is_reported_and_skipped(project, tiny_dataset, tmp_path):
+    root = copy_dataset(tiny_dataset, tmp_path / "broken_data")
+    victim = sorted((root / "videos").glob("*.webm"))[0]
+    victim.write_bytes(b"\x1aE\xdf\xa3 this is not a video")
+    params = tiny_params(root, train={"epochs": 1})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["data", "check", "-q"])
+    assert result.exit_code == 1 and f"broken {victim.stem}" in result.output
+    mml("train", "rgb_ce")
+    client, _, children = runs("rgb_ce")
+    assert children[0].data.metrics["data/skipped"] == 1
