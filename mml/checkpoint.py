@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mml.errors import UserError
+from mml.fsio import atomic_write
 
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable or not what the caller expected."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from mml.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mml.errors import UserError
 
 Modality = Literal["rgb", "flow", "diff"]
 Method = Literal["ce", "ml", "mml", "mars", "d3d"]
@@ -58,6 +59,13 @@ class SynthConfig(Section):
     distractors: int = Field(2, ge=0)
     jitter: float = Field(1.5, ge=0)
     noise: float = Field(6.0, ge=0)
+
+    @field_validator("height", "width")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"must be even (VP9/H.264 store 4:2:0 colour), got {v}")
+        return v
 
     @field_validator("frames")
     @classmethod
@@ -197,7 +205,9 @@ class Params(Section):
         return _flatten(self.model_dump(mode="json", exclude={"stages"}))
 
 
-def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | list[str] = ()) -> Params:
+def load_params(
+    path: str | Path = "params.yaml", overrides: tuple[str, ...] | list[str] = ()
+) -> Params:
     """Read, override (`key.path=value`, value parsed as YAML) and validate a params file."""
     path = Path(path)
     try:
@@ -244,7 +254,11 @@ def _suggest(loc: list[str]) -> str:
     for part in loc[:-1]:
         field = model.model_fields.get(part) if model else None
         annotation = getattr(field, "annotation", None)
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
         if model is None:
             return ""
     close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1) if model else []

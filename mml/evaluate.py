@@ -30,7 +30,7 @@ def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over classes with a positive of AP = mean precision at each positive (ranked by score)."""
+    """Mean over classes with a positive of AP (mean precision at each positive, by score)."""
     aps = []
     for c in range(scores.shape[1]):
         positives = targets[:, c] > 0
@@ -114,8 +114,7 @@ def predict_dataset(
             advance()
     target_array = np.concatenate(targets) if targets else np.empty(0, dtype=np.int64)
     members = [
-        Prediction(np.concatenate(s) if s else np.empty((0, 0)), target_array, ids)
-        for s in scores
+        Prediction(np.concatenate(s) if s else np.empty((0, 0)), target_array, ids) for s in scores
     ]
     return Predictions(members, skipped)
 
@@ -144,7 +143,9 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     paths = [params.paths.checkpoints / stage / f"{k}.pt" for k in range(len(cfg.models))]
     loaded = [model_from_checkpoint(p) for p in paths]
     modalities = [meta["modality"] for _, meta in loaded]
-    dataset = VideoClips(ann, params.clip, train=False, views=plan, modalities=sorted(set(modalities)))
+    dataset = VideoClips(
+        ann, params.clip, train=False, views=plan, modalities=sorted(set(modalities))
+    )
     result = predict_dataset(
         [m for m, _ in loaded], modalities, dataset, params.loader,
         batch_size=params.evaluate.batch_size, fuse=params.evaluate.fuse,
@@ -165,7 +166,7 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
 def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Prediction,
                   classes: Sequence[str], client) -> dict:  # fmt: skip
     from mml import tracking
-    from mml.checkpoint import atomic_write
+    from mml.fsio import atomic_write
 
     multilabel = bool(meta.get("multilabel"))
     metrics = summarize(pred.scores, pred.targets, multilabel)
@@ -177,8 +178,9 @@ def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Predicti
         per_class = per_class_accuracy(pred.scores, pred.targets, len(classes))
         entry["per_class_top1"] = {c: _finite(a) for c, a in zip(classes, per_class, strict=True)}
         png = params.paths.plots / stage / f"confusion_{k}.png"
-        plot_confusion(confusion_matrix(pred.scores, pred.targets, len(classes)), classes, png,
-                       title=f"{stage}.{k} ({meta['modality']}) top-1 {metrics['top1']:.1f}%")  # fmt: skip
+        title = f"{stage}.{k} ({meta['modality']}) top-1 {metrics['top1']:.1f}%"
+        matrix = confusion_matrix(pred.scores, pred.targets, len(classes))
+        plot_confusion(matrix, classes, png, title)
         artifacts.append(png)
     if meta.get("run_id"):
         tracking.log_metrics(client, meta["run_id"], {f"test/{m}": v for m, v in metrics.items()})
@@ -197,7 +199,7 @@ def _finite(value: float) -> float | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from mml.checkpoint import atomic_write
+    from mml.fsio import atomic_write
 
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -226,7 +228,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    from mml.checkpoint import atomic_write
+    from mml.fsio import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

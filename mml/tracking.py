@@ -74,9 +74,7 @@ def git_commit() -> str:
     return f"{head}-dirty" if dirty else head
 
 
-def start_stage(
-    client: MlflowClient, experiment_id: str, params: Params, stage: str
-) -> str:
+def start_stage(client: MlflowClient, experiment_id: str, params: Params, stage: str) -> str:
     """Create the parent run of a stage and log its flattened params; returns its id."""
     cfg = params.stage(stage)
     tags = {

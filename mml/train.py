@@ -13,14 +13,12 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from mml import checkpoint, losses, tracking
 from mml.config import ConfigError, Params
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader
-from mml.evaluate import topk_accuracy
 from mml.models.factory import build_model, model_meta
 from mml.progress import progress_bar
 
@@ -63,7 +61,9 @@ class Trainer:
             self.train_ann, self.params.clip, train=True, seed=self.params.seed,
             modalities=modalities,
         )  # fmt: skip
-        self.val_set = VideoClips(self.val_ann, self.params.clip, train=False, modalities=modalities)
+        self.val_set = VideoClips(
+            self.val_ann, self.params.clip, train=False, modalities=modalities
+        )
         self.members = [self._member(k) for k in range(len(self.cfg.models))]
         self.start_epoch = 0
         self.parent_run_id = ""
@@ -83,7 +83,7 @@ class Trainer:
         """One optimisation step of every model on `batch`; returns per-model loss terms."""
         logits = [m.model(batch.inputs[m.modality]) for m in self.members]
         stats, total = [], 0.0
-        for i, m in enumerate(self.members):
+        for i in range(len(self.members)):
             loss_task = losses.task_loss(logits[i], batch.targets, multilabel=self.multilabel)
             loss = loss_task
             terms = {"train/loss_ce": loss_task.item()}
@@ -123,7 +123,9 @@ class Trainer:
                              seed=self.params.seed, epoch=epoch)  # fmt: skip
         sums = [dict() for _ in self.members]
         seen, skipped = 0, 0
-        with progress_bar(f"{self.stage} epoch {epoch + 1}", len(loader), self.show_progress) as bar:
+        with progress_bar(
+            f"{self.stage} epoch {epoch + 1}", len(loader), self.show_progress
+        ) as bar:
             for i, batch in enumerate(loader):
                 skipped += len(batch.skipped)
                 if batch.ids:
@@ -163,12 +165,14 @@ class Trainer:
 
     # ---- the whole run ---------------------------------------------------------------------
     def run(self, *, restart: bool = False) -> list[dict[str, float]]:
-        """Train to `train.epochs`, resuming from last.pt unless `restart`; returns final metrics."""
+        """Train to `train.epochs` (resuming from last.pt unless `restart`); final metrics."""
         client, experiment_id = tracking.client_and_experiment(self.params)
         if not restart and (self.out_dir / "last.pt").exists():
             self._resume(client)
         else:
-            self.parent_run_id = tracking.start_stage(client, experiment_id, self.params, self.stage)
+            self.parent_run_id = tracking.start_stage(
+                client, experiment_id, self.params, self.stage
+            )
             for m in self.members:
                 m.run_id = tracking.start_model(
                     client, experiment_id, self.params, self.stage, m.index, self.parent_run_id
@@ -180,7 +184,9 @@ class Trainer:
                 row = {**tr, **va, "lr": self.lr_at(epoch), "data/skipped": skipped + val_skipped}
                 m.history.append(row)
                 tracking.log_metrics(client, m.run_id, row, step=epoch)
-            log.info("%s epoch %d: %s", self.stage, epoch + 1, [m.history[-1] for m in self.members])
+            log.info(
+                "%s epoch %d: %s", self.stage, epoch + 1, [m.history[-1] for m in self.members]
+            )
             self._save(epoch + 1)
         for m in self.members:
             tracking.log_artifacts(client, m.run_id, [self.out_dir / f"{m.index}.pt"], "checkpoint")

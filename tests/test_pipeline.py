@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import copy_dataset, tiny_params
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import copy_dataset, tiny_params
 from mml.cli import app
 from mml.train import Trainer
 
@@ -77,8 +77,13 @@ def test_interrupted_training_resumes_to_the_same_result(project, monkeypatch, t
     params["loader"]["workers"] = 2  # resume must not depend on worker scheduling
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     mml("train", "rgb_ce")
-    reference = json.loads(json.dumps(torch.load(project / "checkpoints/rgb_ce/last.pt",
-                                                 weights_only=True)["members"][0]["history"]))
+    reference = json.loads(
+        json.dumps(
+            torch.load(project / "checkpoints/rgb_ce/last.pt", weights_only=True)["members"][0][
+                "history"
+            ]
+        )
+    )
     ref_weights = torch.load(project / "checkpoints/rgb_ce/0.pt", weights_only=True)
 
     original = Trainer.train_epoch

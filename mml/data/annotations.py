@@ -11,9 +11,7 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mml.errors import UserError
+from mml.fsio import atomic_write_text
 
 # Columns of Charades_v1_train.csv / Charades_v1_test.csv, in order.
 CHARADES_HEADER = ("id", "subject", "scene", "quality", "relevance", "verified", "script")
@@ -66,22 +65,6 @@ def label_counts(ann: Annotations) -> np.ndarray:
     """Number of videos carrying each class, shape (num_classes,), int64."""
     labels = [label for record in ann.records for label in record.labels]
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(ann.classes))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to a temp file next to `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- JSON with line numbers
@@ -224,8 +207,10 @@ def write_ssv2(
         if "template" in entry and _ssv2_class_name(entry["template"]) not in known:
             raise ValueError(f"entry {entry.get('id')!r}: template is not one of the classes")
     labels = {name: str(i) for i, name in enumerate(classes)}
-    _write_atomic(Path(labels_json), json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
-    _write_atomic(Path(split_json), json.dumps(list(entries), indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(Path(labels_json), json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        Path(split_json), json.dumps(list(entries), indent=1, ensure_ascii=False) + "\n"
+    )
 
 
 # ---------------------------------------------------------------- CSV helpers
@@ -340,8 +325,8 @@ def write_charades(
         actions = ";".join(f"c{c:03d} {s:.2f} {e:.2f}" for c, s, e in row.get("actions", ()))
         fields = {**row, "actions": actions, "length": f"{float(row.get('length', 0.0)):.2f}"}
         table.append([fields.get(column, "") for column in CHARADES_HEADER])
-    _write_atomic(Path(classes_txt), "".join(lines))
-    _write_atomic(Path(split_csv), _csv_text(table))
+    atomic_write_text(Path(classes_txt), "".join(lines))
+    atomic_write_text(Path(split_csv), _csv_text(table))
 
 
 # ---------------------------------------------------------------- generic CSV (path,label)
@@ -398,4 +383,4 @@ def read_csv(
 
 def write_csv(entries: Sequence[tuple[str, str]], csv_path: Path) -> None:
     """Write (path, label) pairs as a `path,label` CSV, atomically; inverse of `read_csv`."""
-    _write_atomic(Path(csv_path), _csv_text([("path", "label"), *entries]))
+    atomic_write_text(Path(csv_path), _csv_text([("path", "label"), *entries]))

@@ -38,7 +38,9 @@ def load_split(cfg: DatasetConfig, split: str) -> Annotations:
     if cfg.format == "charades":
         return read_charades(split_file, root / cfg.labels, video_dir, ext=cfg.ext)
     classes_file = root / cfg.labels
-    classes = classes_file.read_text(encoding="utf-8").splitlines() if classes_file.is_file() else None
+    classes = (
+        classes_file.read_text(encoding="utf-8").splitlines() if classes_file.is_file() else None
+    )
     return read_csv(split_file, video_dir, classes=classes)
 
 

@@ -99,7 +99,9 @@ def view_indices(num_positions: int, segments: int, stride: int, plan: ViewPlan)
     (centres shifted by j/m of a segment; m = 2 gives the authors' centres + starts)."""
     views = [
         dense_indices(num_positions, segments, stride, train=False, start=s)
-        for s in (dense_test_starts(num_positions, segments, stride, plan.dense) if plan.dense else [])
+        for s in (
+            dense_test_starts(num_positions, segments, stride, plan.dense) if plan.dense else []
+        )
     ]
     views += [
         uniform_indices(num_positions, segments, train=False, shift=j / plan.uniform)

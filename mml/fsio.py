@@ -1,0 +1,32 @@
+"""Atomic file writes: write a temp file beside the target, fsync, rename over it.
+
+Readers (and a re-run after `kill -9`) never see half a file: either the old one or the new.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)` for a temp file in `path`'s directory, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically write `text` as UTF-8 (newlines as given)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
