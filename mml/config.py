@@ -59,6 +59,9 @@ class SynthConfig(Section):
     distractors: int = Field(2, ge=0)
     jitter: float = Field(1.5, ge=0)
     noise: float = Field(6.0, ge=0)
+    object_scale: float = Field(1.0, gt=0, le=3)
+    texture: float = Field(1.0, ge=0, le=1)
+    bright_objects: bool = True
 
     @field_validator("height", "width")
     @classmethod
@@ -107,6 +110,7 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(6, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.02, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)

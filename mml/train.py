@@ -243,8 +243,10 @@ class Trainer:
         log.info("%s: resuming after epoch %d from %s", self.stage, self.start_epoch, path)
 
 
-def _optimizer(model: torch.nn.Module, params: Params, *, fresh_head: bool) -> torch.optim.SGD:
-    """SGD with TSN's groups: no weight decay on biases/BN; a new head learns 5x (bias 10x)."""
+def _optimizer(
+    model: torch.nn.Module, params: Params, *, fresh_head: bool
+) -> torch.optim.Optimizer:
+    """SGD (or AdamW) with TSN's groups: no decay on biases/BN; a new head learns 5x (bias 10x)."""
     t = params.train
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -254,11 +256,13 @@ def _optimizer(model: torch.nn.Module, params: Params, *, fresh_head: bool) -> t
         decay = t.weight_decay if p.dim() > 1 else 0.0
         mult = (10.0 if p.dim() == 1 else 5.0) if (is_head and fresh_head) else 1.0
         groups.setdefault((decay, mult), []).append(p)
-    return torch.optim.SGD(
-        [{"params": ps, "weight_decay": d, "lr_mult": m, "lr": t.lr * m}
-         for (d, m), ps in groups.items()],
-        lr=t.lr, momentum=t.momentum,
-    )  # fmt: skip
+    param_groups = [
+        {"params": ps, "weight_decay": d, "lr_mult": m, "lr": t.lr * m}
+        for (d, m), ps in groups.items()
+    ]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=t.lr)
+    return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum)
 
 
 def _check_inits(stage: str, cfg) -> None:

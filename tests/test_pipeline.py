@@ -126,3 +126,18 @@ def test_broken_video_is_reported_and_skipped(project, tiny_dataset, tmp_path):
     mml("train", "rgb_ce")
     client, _, children = runs("rgb_ce")
     assert children[0].data.metrics["data/skipped"] == 1
+
+
+def test_mutual_learning_stage_logs_kl(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    two = [{"modality": "rgb", "init": "scratch"}, {"modality": "rgb", "init": "scratch"}]
+    params["stages"]["rgb_ml"] = {"method": "ml", "models": two}
+    params["stages"]["same"] = {"method": "ml", "models": [{"init": "rgb_ce.0"}] * 2}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    mml("train", "rgb_ml")
+    _, parents, children = runs("rgb_ml")
+    assert len(children) == 2 and all(c.data.metrics["train/loss_kl"] > 0 for c in children)
+    assert {c.data.tags["peers"] for c in children} == {"rgb"}
+    result = runner.invoke(app, ["train", "same", "-q"])
+    assert result.exit_code == 2 and "different inits" in result.output

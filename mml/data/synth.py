@@ -23,7 +23,7 @@ import numpy as np
 from mml.fsio import atomic_write_text
 
 # Bump when the rendering changes, so `generate` does not keep videos drawn by older code.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 3
 
 CLASS_TEMPLATES: tuple[str, ...] = (
     "Moving [something] from left to right",
@@ -80,6 +80,9 @@ class SynthSpec:
     distractors: int = 2  # max distractors per video
     jitter: float = 1.5  # px std of camera jitter
     noise: float = 6.0  # pixel noise std (0..255 scale)
+    object_scale: float = 1.0  # multiplies every object's size
+    bright_objects: bool = True  # objects lighter than a dark background (learnable from scratch)
+    texture: float = 1.0  # background contrast: 0 plain colour .. 1 full-contrast texture
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frames", tuple(self.frames))  # a list when read from JSON
@@ -223,19 +226,29 @@ def _choose_colour(rng: np.random.Generator, avoid: list[np.ndarray], exclude=()
     return str(rng.choice(far)) if far else names[int(np.argmax(gaps))]
 
 
-def _look(rng: np.random.Generator, avoid: list[np.ndarray], exclude=()) -> tuple:
-    """(shape, colour name, body rgb, tip rgb) of a new object."""
+def _look(rng: np.random.Generator, avoid: list[np.ndarray], exclude=(), bright=False) -> tuple:
+    """(shape, colour name, body rgb, tip rgb) of a new object; `bright` lifts it to 110..255."""
     shape = str(rng.choice(SHAPES))
     colour = _choose_colour(rng, avoid, exclude)
     tip = _choose_colour(rng, [*avoid, np.asarray(COLOURS[colour])])
     shade = rng.uniform(-15, 15, 3)
     rgb = np.clip(np.add(COLOURS[colour], shade), 0, 255).astype(np.float32)
-    return shape, colour, rgb, np.asarray(COLOURS[tip], dtype=np.float32)
+    tip_rgb = np.asarray(COLOURS[tip], dtype=np.float32)
+    if bright:
+        rgb, tip_rgb = 110 + rgb * (145 / 255), 110 + tip_rgb * (145 / 255)
+    return shape, colour, rgb, tip_rgb
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, list]:
-    """A random texture (H, W, 3) float32 and the colours it mixes."""
-    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+def _background(
+    rng: np.random.Generator, height: int, width: int, contrast: float = 1.0, dark: bool = False
+) -> tuple[np.ndarray, list]:
+    """A random texture (H, W, 3) float32 and the colours it mixes (c2 pulled to c1 by 1-contrast).
+
+    `dark` keeps every channel below 100, under the lifted colours of bright objects.
+    """
+    top = 100 if dark else 255
+    c1, c2 = rng.uniform(0, top, 3), rng.uniform(0, top, 3)
+    c2 = c1 + contrast * (c2 - c1)
     kind = str(rng.choice(_BACKGROUNDS))
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     phi = _uniform(rng, 0, np.pi)
@@ -263,10 +276,12 @@ def _drift(rng: np.random.Generator, p: np.ndarray, size: float) -> tuple[np.nda
     return amount * np.cos(angle) * p, amount * np.sin(angle) * p
 
 
-def _target_motion(family: str, rng: np.random.Generator, frames: int, h: int, w: int) -> dict:
+def _target_motion(
+    family: str, rng: np.random.Generator, frames: int, h: int, w: int, scale: float = 1.0
+) -> dict:
     """Per-frame x, y, radius, angle, opacity of the target for a family's forward class."""
     size = float(min(h, w))
-    r = _uniform(rng, 0.09, 0.15) * size
+    r = _uniform(rng, 0.09, 0.15) * size * scale
     p = _profile(rng, frames)
     ones = np.ones(frames, np.float32)
     angle = _uniform(rng, 0, 2 * np.pi) * ones
@@ -276,7 +291,7 @@ def _target_motion(family: str, rng: np.random.Generator, frames: int, h: int, w
     m = dict(x=cx + ex, y=cy + ey, radius=r * ones, angle=angle, opacity=ones)
     if family in ("horizontal", "vertical", "push"):
         extent = w if family != "vertical" else h
-        length = _uniform(rng, 0.35, 0.6) * (extent - 2 * r)
+        length = _uniform(rng, 0.6, 0.9) * (extent - 2 * r)  # big enough for a CNN's stride
         centre = extent / 2 + _uniform(rng, -0.5, 0.5) * (extent - 2 * r - length)
         if family == "push":  # out and back: x = start + length * sin(pi * p)
             along = centre - length / 2 + length * np.sin(np.pi * _profile(rng, frames))
@@ -287,12 +302,12 @@ def _target_motion(family: str, rng: np.random.Generator, frames: int, h: int, w
         else:
             m["x"], m["y"] = along, cy + 0.3 * ey
     elif family == "scale":  # geometric growth looks like approaching at constant speed
-        r0, grow = _uniform(rng, 0.05, 0.08) * size, _uniform(rng, 2.0, 3.0)
+        r0, grow = _uniform(rng, 0.05, 0.08) * size * scale, _uniform(rng, 2.0, 3.0)
         m["radius"] = r0 * grow**p
         margin = 1.15 * r0 * grow + 0.06 * size
         m["x"], m["y"] = _inside(rng, margin, w) + ex, _inside(rng, margin, h) + ey
     elif family == "rotate":
-        m["angle"] = angle + _uniform(rng, 0.6, 1.6) * np.pi * p
+        m["angle"] = angle + _uniform(rng, 1.0, 1.6) * np.pi * p
     elif family == "appear":  # fade in over a window of >= 3 frames, so mid frames are partial
         start = _uniform(rng, 0.15, 0.5)
         span = max(_uniform(rng, 0.08, 0.35), 3.5 / frames)
@@ -307,9 +322,11 @@ def _target_motion(family: str, rng: np.random.Generator, frames: int, h: int, w
     return {k: np.asarray(v, np.float32) for k, v in m.items()}
 
 
-def _distractor(rng: np.random.Generator, frames: int, h: int, w: int, look: tuple) -> Track:
+def _distractor(
+    rng: np.random.Generator, frames: int, h: int, w: int, look: tuple, scale: float = 1.0
+) -> Track:
     """An object that stands still or wanders (a random walk, no consistent direction)."""
-    r = _uniform(rng, 0.06, 0.12) * min(h, w)
+    r = _uniform(rng, 0.06, 0.12) * min(h, w) * scale
     steps = rng.normal(0, 0.7, (frames, 2)) * (rng.random() < 0.5)
     walk = np.cumsum(steps, axis=0) - steps[0]
     x = np.clip(_uniform(rng, r, w - r) + walk[:, 0], 0, w - 1).astype(np.float32)
@@ -326,15 +343,17 @@ def plan_video(class_id: int, rng: np.random.Generator, spec: SynthSpec) -> Vide
     h, w = spec.height, spec.width
     frames = int(rng.integers(spec.frames[0], spec.frames[1] + 1))
     pad = int(np.ceil(3 * spec.jitter))
-    background, bg_colours = _background(rng, h + 2 * pad, w + 2 * pad)
+    background, bg_colours = _background(
+        rng, h + 2 * pad, w + 2 * pad, spec.texture, dark=spec.bright_objects
+    )
     shifts = np.clip(np.rint(rng.normal(0, spec.jitter, (frames, 2))), -pad, pad).astype(int)
     family, inverse = _FAMILIES[class_id // 2], class_id % 2 == 1
-    target_look = _look(rng, bg_colours)
-    target = Track(*target_look, **_target_motion(family, rng, frames, h, w))
+    target_look = _look(rng, bg_colours, bright=spec.bright_objects)
+    target = Track(*target_look, **_target_motion(family, rng, frames, h, w, spec.object_scale))
     tracks = []
     for _ in range(int(rng.integers(0, spec.distractors + 1))):
-        look = _look(rng, bg_colours, exclude=(target_look[1],))
-        tracks.append(_distractor(rng, frames, h, w, look))
+        look = _look(rng, bg_colours, exclude=(target_look[1],), bright=spec.bright_objects)
+        tracks.append(_distractor(rng, frames, h, w, look, spec.object_scale))
     depth = int(rng.integers(0, len(tracks) + 1))
     tracks.insert(depth, target)
     noise_seed = int(rng.integers(2**63))
