@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,9 @@ def _run(action: Callable[[], Any]) -> Any:
 def data_synth(
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
-    workers: Annotated[int, typer.Option(help="parallel encoder processes")] = 2,
+    workers: Annotated[
+        int | None, typer.Option(help="parallel encoder processes (default: CPU count)")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Write the synthetic motion dataset (VP9 WebM + SSv2 annotations) to dataset.root."""
@@ -70,7 +73,7 @@ def data_synth(
         spec = SynthSpec(**p.synth.model_dump())
         total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
         with progress_bar("synth videos", total, not quiet) as advance:
-            generate(Path(p.dataset.root), spec, workers=workers,
+            generate(Path(p.dataset.root), spec, workers=workers or os.cpu_count() or 1,
                      progress=lambda done, _total: advance(1))  # fmt: skip
         typer.echo(f"wrote {total} videos to {p.dataset.root}")
 

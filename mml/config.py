@@ -48,14 +48,14 @@ class DatasetConfig(Section):
 
 class SynthConfig(Section):
     seed: int = 0
-    train_per_class: int = Field(40, ge=1)
-    val_per_class: int = Field(10, ge=1)
+    train_per_class: int = Field(64, ge=1)
+    val_per_class: int = Field(12, ge=1)
     frames: tuple[int, int] = (24, 40)
     height: int = Field(64, ge=16)
     width: int = Field(64, ge=16)
     fps: float = Field(12.0, gt=0)
     codec: Literal["vp9", "vp8", "h264"] = "vp9"
-    num_classes: int = Field(12, ge=2)
+    num_classes: int = Field(10, ge=2, le=14)
     distractors: int = Field(2, ge=0)
     jitter: float = Field(1.5, ge=0)
     noise: float = Field(6.0, ge=0)
@@ -100,20 +100,20 @@ class LoaderConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: Arch = "tsm_resnet18"
-    width_mult: float = Field(1.0, gt=0, description="MobileNetV2 only")
+    arch: Arch = "tsm_mobilenet_v2"
+    width_mult: float = Field(0.5, gt=0, description="MobileNetV2 only")
     shift_div: int = Field(8, ge=2)
-    dropout: float = Field(0.5, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
     partial_bn: bool = False
     weights: str = Field("DEFAULT", description="torchvision weight enum member for init=imagenet")
 
 
 class TrainConfig(Section):
-    epochs: int = Field(6, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.02, gt=0)
+    epochs: int = Field(12, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(0.003, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step"] = "cosine"
     lr_steps: tuple[int, ...] = ()
     lr_decay: float = Field(0.1, gt=0, le=1)

@@ -196,7 +196,10 @@ class Trainer:
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes this stage's training (resume must match it)."""
-        data = self.params.model_dump(mode="json", exclude={"tracking", "stages"})
+        data = self.params.model_dump(
+            mode="json", exclude={"tracking", "stages", "evaluate", "paths", "source"}
+        )
+        del data["loader"]["workers"]  # samples do not depend on it (see mml/data/dataset.py)
         data["stage"] = self.cfg.model_dump(mode="json")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
