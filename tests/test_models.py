@@ -87,8 +87,9 @@ def test_partial_bn_freezes_all_but_first_bn():
 
 
 def test_imagenet_init_goes_through_torchvision_weight_enums():
-    assert _imagenet_weights(ModelConfig()) is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cfg = ModelConfig(arch="tsm_resnet18")
+    assert _imagenet_weights(cfg) is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     cfg = ModelConfig(arch="tsm_resnet50", weights="IMAGENET1K_V2")
     assert _imagenet_weights(cfg) is torchvision.models.ResNet50_Weights.IMAGENET1K_V2
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
-        _imagenet_weights(ModelConfig(weights="IMAGENET9K"))
+        _imagenet_weights(ModelConfig(arch="tsm_resnet18", weights="IMAGENET9K"))
