@@ -184,9 +184,10 @@ class Trainer:
                 row = {**tr, **va, "lr": self.lr_at(epoch), "data/skipped": skipped + val_skipped}
                 m.history.append(row)
                 tracking.log_metrics(client, m.run_id, row, step=epoch)
-            log.info(
-                "%s epoch %d: %s", self.stage, epoch + 1, [m.history[-1] for m in self.members]
-            )
+            for m in self.members:
+                shown = ", ".join(f"{k} {v:.3g}" for k, v in m.history[-1].items() if k != "lr")
+                log.info("%s.%d epoch %d/%d: %s", self.stage, m.index, epoch + 1,
+                         self.params.train.epochs, shown)  # fmt: skip
             self._save(epoch + 1)
         for m in self.members:
             tracking.log_artifacts(client, m.run_id, [self.out_dir / f"{m.index}.pt"], "checkpoint")
