@@ -109,7 +109,7 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(11, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(0.003, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
