@@ -41,7 +41,9 @@ def run_one(params_path: str, overrides: list[str], steps: int) -> dict:
         step()
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"arch": params.model.arch, "width": params.model.width_mult, "T": c.segments,
+    mobile = params.model.arch == "tsm_mobilenet_v2"
+    return {"arch": params.model.arch, "width": params.model.width_mult if mobile else "-",
+            "T": c.segments,
             "crop": c.crop_size, "batch": b, "clips_s": b * steps / elapsed,
             "step_ms": elapsed / steps * 1000, "peak_mb": peak / 1024,
             "model_mb": (peak - before) / 1024, "threads": torch.get_num_threads()}  # fmt: skip
@@ -60,7 +62,7 @@ def main() -> None:
     configs = [args.overrides]  # the default (plus any -S given), then a few comparisons
     configs += [args.overrides + extra for extra in (
         ["clip.segments=1"],
-        ["model.arch=tsm_mobilenet_v2", "model.width_mult=0.5"],
+        ["model.arch=tsm_resnet18"],
         ["model.arch=tsm_resnet50"],
     )]  # fmt: skip
     print("| arch | width | T | crop | batch | clips/s | step ms | peak RSS MB | threads |")
@@ -69,8 +71,9 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", "--params", args.params,
                "--steps", str(args.steps)] + [a for o in overrides for a in ("-S", o)]  # fmt: skip
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-        print(f"| {r['arch']} | {r['width']} | {r['T']} | {r['crop']} | {r['batch']} | "
-              f"{r['clips_s']:.1f} | {r['step_ms']:.0f} | {r['peak_mb']:.0f} | {r['threads']} |")  # fmt: skip
+        cells = [r["arch"], r["width"], r["T"], r["crop"], r["batch"], f"{r['clips_s']:.1f}",
+                 f"{r['step_ms']:.0f}", f"{r['peak_mb']:.0f}", r["threads"]]  # fmt: skip
+        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 if __name__ == "__main__":
