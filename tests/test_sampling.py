@@ -100,3 +100,31 @@ def test_invalid_arguments():
         uniform_indices(0, 8, train=False)
     with pytest.raises(ValueError, match="rng"):
         uniform_indices(10, 8, train=True)
+
+
+def test_positions_per_modality():
+    from mml.data.sampling import num_positions
+
+    assert num_positions(30, "rgb") == 30
+    assert num_positions(30, "flow") == 25  # 29 fields, stacks of 5 start at 0..24
+    assert num_positions(30, "diff") == 25
+    assert num_positions(4, "flow") == 1  # shorter than a stack: one (repeating) position
+
+
+def test_align_modalities_shares_moments():
+    from mml.data.sampling import align_modalities
+
+    base = np.array([0, 6, 12, 18])
+    counts = {"rgb": 30, "flow": 25, "diff": 25}
+    test = align_modalities(base, counts)
+    assert test["flow"].tolist() == test["diff"].tolist() == [0, 6, 12, 18]
+    assert test["rgb"].tolist() == [2, 8, 14, 20]  # centred: (30 - 25) // 2
+    deltas = set()
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        out = align_modalities(base, counts, rng)
+        assert (out["flow"] == base).all() and (out["diff"] == base).all()
+        deltas.add(int(out["rgb"][0]))
+    assert deltas == set(range(6))  # delta ~ U{0..N-n}, every value drawn
+    with pytest.raises(ValueError, match="0..24"):
+        align_modalities(np.array([25]), counts)

@@ -134,3 +134,39 @@ def _check(num_positions: int, segments: int) -> None:
         raise ValueError(f"need at least one valid position, got {num_positions}")
     if segments < 1:
         raise ValueError(f"need at least one segment, got {segments}")
+
+
+# ---- several modalities of one clip (MML §2.3) ----------------------------------------------
+STACK = {"rgb": 1, "flow": 5, "diff": 5}  # consecutive frame-steps one input frame stacks
+
+
+def num_positions(num_frames: int, modality: str) -> int:
+    """Valid start positions of `modality` in a video of `num_frames` RGB frames.
+
+    rgb: every frame. flow/diff: there are F - 1 fields (or differences) and an input frame
+    stacks 5 of them, so F - 5 starts; a video shorter than that still gets 1 position (its
+    stack repeats the last field).
+    """
+    if modality == "rgb":
+        return max(1, num_frames)
+    return max(1, num_frames - 1 - STACK[modality] + 1)
+
+
+def align_modalities(
+    base: np.ndarray, counts: dict[str, int], rng: np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
+    """Positions for every modality from `base`, drawn over the fewest positions n (MML §2.3).
+
+    A modality with N > n positions gets `base + delta`, one delta ~ U{0..N-n} per clip
+    (drawn per modality, as the authors do); with no `rng` (testing), delta = (N - n) // 2.
+    All modalities thus see the same moments of the video, up to delta frames.
+    """
+    n = min(counts.values())
+    if base.size and (base.min() < 0 or base.max() >= n):
+        raise ValueError(f"base positions must lie in 0..{n - 1}, got {base.tolist()}")
+    out = {}
+    for modality, count in counts.items():
+        spare = count - n
+        delta = int(rng.integers(0, spare + 1)) if rng is not None else spare // 2
+        out[modality] = base + delta
+    return out
