@@ -94,6 +94,12 @@ class ClipConfig(Section):
         return self.dense_stride or max(1, 32 // self.segments)
 
 
+class CacheConfig(Section):
+    root: Path = Field(Path("data/cache"), description="caches live in <root>/<dataset>/<kind>")
+    flow_algorithm: Literal["tvl1", "dis"] = "tvl1"
+    flow_bound: float = Field(20.0, gt=0, description="flow clipped to +-bound, then uint8")
+
+
 class LoaderConfig(Section):
     batch_size: int = Field(16, ge=1)
     workers: int = Field(2, ge=0)
@@ -178,6 +184,7 @@ class Params(Section):
     dataset: DatasetConfig = DatasetConfig()
     synth: SynthConfig = SynthConfig()
     clip: ClipConfig = ClipConfig()
+    cache: CacheConfig = CacheConfig()
     loader: LoaderConfig = LoaderConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

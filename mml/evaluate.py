@@ -132,7 +132,7 @@ def _fuse_views(model: torch.nn.Module, x: torch.Tensor, fuse: str, multilabel: 
 def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) -> dict:
     """Multi-view test of every model of `stage`; writes metrics, predictions, plots; logs them."""
     from mml import tracking
-    from mml.data.dataset import VideoClips, load_split
+    from mml.data.dataset import VideoClips, load_split, stage_caches
     from mml.data.sampling import ViewPlan
     from mml.models.factory import model_from_checkpoint
 
@@ -143,9 +143,11 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     paths = [params.paths.checkpoints / stage / f"{k}.pt" for k in range(len(cfg.models))]
     loaded = [model_from_checkpoint(p) for p in paths]
     modalities = [meta["modality"] for _, meta in loaded]
+    needed = sorted(set(modalities))
     dataset = VideoClips(
-        ann, params.clip, train=False, views=plan, modalities=sorted(set(modalities))
-    )
+        ann, params.clip, train=False, views=plan, modalities=needed,
+        caches=stage_caches(params, needed),
+    )  # fmt: skip
     result = predict_dataset(
         [m for m, _ in loaded], modalities, dataset, params.loader,
         batch_size=params.evaluate.batch_size, fuse=params.evaluate.fuse,

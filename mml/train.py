@@ -18,7 +18,7 @@ import torch
 
 from mml import checkpoint, losses, tracking
 from mml.config import ConfigError, Params
-from mml.data.dataset import Batch, VideoClips, load_split, make_loader
+from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
 from mml.models.factory import build_model, model_meta
 from mml.progress import progress_bar
 
@@ -57,12 +57,13 @@ class Trainer:
         self.val_ann = load_split(self.params.dataset, "val")
         self.multilabel = self.train_ann.multilabel
         modalities = sorted({m.modality for m in self.cfg.models})
+        caches = stage_caches(self.params, modalities)
         self.train_set = VideoClips(
             self.train_ann, self.params.clip, train=True, seed=self.params.seed,
-            modalities=modalities,
+            modalities=modalities, caches=caches,
         )  # fmt: skip
         self.val_set = VideoClips(
-            self.val_ann, self.params.clip, train=False, modalities=modalities
+            self.val_ann, self.params.clip, train=False, modalities=modalities, caches=caches
         )
         self.members = [self._member(k) for k in range(len(self.cfg.models))]
         self.start_epoch = 0

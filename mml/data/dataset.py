@@ -26,6 +26,13 @@ from mml.data.video import VideoDecodeError, num_frames, read_frames
 log = logging.getLogger(__name__)
 
 RGB_MEAN_STD = (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+FLOW_MEAN_STD = ((0.5,), (0.226,))  # the authors' constants, on [0, 1]
+CACHED = ("flow", "diff")  # modalities read from per-video .npy caches (mml/data/cache.py)
+
+
+def cache_dir(root: Path, dataset: str, kind: str) -> Path:
+    """Where the `kind` cache of a dataset lives: <cache.root>/<dataset>/<kind>."""
+    return Path(root) / dataset / kind
 
 
 def load_split(cfg: DatasetConfig, split: str) -> Annotations:
@@ -70,9 +77,12 @@ class VideoClips(Dataset):
         seed: int = 0,
         views: sampling.ViewPlan | None = None,
         modalities: Sequence[str] = ("rgb",),
+        caches: dict[str, Path] | None = None,
     ) -> None:
-        if tuple(modalities) != ("rgb",):
-            raise ValueError(f"modalities {list(modalities)}: only 'rgb' clips are built so far")
+        missing = [m for m in modalities if m in CACHED and m not in (caches or {})]
+        if missing:
+            raise ValueError(f"modalities {missing} need their cache directories")
+        self.caches = {m: Path(p) for m, p in (caches or {}).items()}
         self.records = annotations.records
         self.num_classes = len(annotations.classes)
         self.multilabel = annotations.multilabel
@@ -94,33 +104,60 @@ class VideoClips(Dataset):
         record = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         try:
-            rgb = self._rgb(record, rng)
-        except VideoDecodeError as err:
+            clips = self._clips(record, rng)
+        except (VideoDecodeError, CacheError) as err:
             log.warning("skipping video %s: %s", record.id, err)
             return {"id": record.id, "broken": str(err)}
-        return {"id": record.id, "rgb": rgb, "target": self._target(record)}
+        return {"id": record.id, **clips, "target": self._target(record)}
 
-    def _rgb(self, record: VideoRecord, rng: np.random.Generator) -> torch.Tensor:
+    def _clips(self, record: VideoRecord, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Every modality of one clip: the same moments (MML §2.3) and the same crop."""
         c = self.clip
-        count = num_frames(record.path)
+        frames = num_frames(record.path)
+        counts = {m: sampling.num_positions(frames, m) for m in self.modalities}
+        n = min(counts.values())
         if self.train:
-            idx = sampling.train_indices(
-                count, c.segments, c.stride, sampling=c.sampling, mix=c.mix, rng=rng
+            base = sampling.train_indices(
+                n, c.segments, c.stride, sampling=c.sampling, mix=c.mix, rng=rng
             )
         else:
-            idx = sampling.view_indices(count, c.segments, c.stride, self.views)
-        frames = read_frames(record.path, idx.reshape(-1))
-        frames = frames.reshape(*idx.shape, *frames.shape[1:])
-        h, w = frames.shape[-3:-1]
+            base = sampling.view_indices(n, c.segments, c.stride, self.views)
+        plans = sampling.align_modalities(base, counts, rng if self.train else None)
+        raw = {m: self._read(record, m, plans[m]) for m in self.modalities}
+        sizes = {m: x.shape[-3:-1] for m, x in raw.items()}
+        if len(set(sizes.values())) > 1:
+            raise CacheError(f"video {record.id}: modality sizes differ {sizes}; rebuild caches")
+        h, w = sizes[self.modalities[0]]
+        crop = self._crop(h, w, rng)
+        return {m: _to_input(m, transforms.apply_crop(x, crop, c.crop_size), crop.flip)
+                for m, x in raw.items()}  # fmt: skip
+
+    def _read(self, record: VideoRecord, modality: str, plan: np.ndarray) -> np.ndarray:
+        """uint8 (*plan.shape, H, W, C): RGB frames, or stacks of 5 cached fields/differences."""
+        if modality == "rgb":
+            frames = read_frames(record.path, plan.reshape(-1))
+            return frames.reshape(*plan.shape, *frames.shape[1:])
+        path = self.caches[modality] / f"{record.id}.npy"
+        try:
+            fields = np.load(path, mmap_mode="r")  # (F - 1, H, W, 2 or 3) uint8
+        except (OSError, ValueError) as err:
+            hint = f"run `mml data {modality}`"
+            raise CacheError(f"{modality} cache {path}: {err} ({hint})") from None
+        steps = plan[..., None] + np.arange(sampling.STACK[modality])  # (..., 5)
+        stacks = np.asarray(fields[np.minimum(steps, len(fields) - 1).reshape(-1)])
+        stacks = stacks.reshape(*steps.shape, *fields.shape[1:])  # (..., 5, H, W, c)
+        stacks = np.moveaxis(stacks, -4, -2)  # (..., H, W, 5, c): x1, y1, x2, y2, ...
+        return stacks.reshape(*stacks.shape[:-2], -1)
+
+    def _crop(self, h: int, w: int, rng: np.random.Generator) -> transforms.Crop:
+        c = self.clip
         if self.train:
             crop = transforms.multiscale_crop(
                 h, w, scale_size=c.scale_size, crop_size=c.crop_size, scales=c.scales,
                 max_distort=c.max_distort, flip=c.flip, rng=rng,
             )  # fmt: skip
-        else:
-            crop = transforms.center_crop(h, w, scale_size=c.scale_size, crop_size=c.crop_size)
-        x = transforms.apply_crop(frames, crop, c.crop_size)
-        return transforms.normalize(x, *RGB_MEAN_STD)
+            return crop
+        return transforms.center_crop(h, w, scale_size=c.scale_size, crop_size=c.crop_size)
 
     def _target(self, record: VideoRecord) -> torch.Tensor:
         if self.multilabel:
@@ -130,6 +167,22 @@ class VideoClips(Dataset):
         if len(record.labels) != 1:
             raise ValueError(f"video {record.id}: single-label data needs one label")
         return torch.tensor(record.labels[0])
+
+
+class CacheError(RuntimeError):
+    """A flow/diff cache file is missing or unreadable (the video is skipped like a broken one)."""
+
+
+def _to_input(modality: str, x: torch.Tensor, flipped: bool) -> torch.Tensor:
+    """[0, 1] crops -> network input: RGB ImageNet-normalised, flow (v - .5) / .226 with x
+    negated under a horizontal flip, diff back to next - previous in [-1, 1] (not normalised)."""
+    if modality == "rgb":
+        return transforms.normalize(x, *RGB_MEAN_STD)
+    if modality == "flow":
+        if flipped:
+            x[..., 0::2, :, :] = 1.0 - x[..., 0::2, :, :]  # quantised -v is 255 - q
+        return transforms.normalize(x, *FLOW_MEAN_STD)
+    return 2.0 * x - 1.0  # q = (d + 255) // 2, so d / 255 = 2 q / 255 - 1
 
 
 def collate(samples: list[dict]) -> Batch:
@@ -142,6 +195,13 @@ def collate(samples: list[dict]) -> Batch:
     inputs = {k: torch.stack([s[k] for s in good]) for k in keys}
     targets = torch.stack([s["target"] for s in good])
     return Batch(inputs, targets, [s["id"] for s in good], skipped)
+
+
+def stage_caches(params, modalities: Sequence[str]) -> dict[str, Path]:
+    """The cache directories a set of modalities needs under `params.cache`."""
+    return {
+        m: cache_dir(params.cache.root, params.dataset.name, m) for m in modalities if m in CACHED
+    }
 
 
 def make_loader(

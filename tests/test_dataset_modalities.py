@@ -1,0 +1,93 @@
+"""Multi-modal clips: aligned positions, stacked cached fields, channel order, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mml.config import ClipConfig
+from mml.data.annotations import Annotations, VideoRecord
+from mml.data.dataset import VideoClips, _to_input
+from mml.data.sampling import ViewPlan
+from mml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mml.data.video import decode_index_pattern, index_pattern_frames, write_video
+
+
+def make_video(tmp_path, frames: int):
+    video_dir, flow_dir, diff_dir = (tmp_path / d for d in ("videos", "flow", "diff"))
+    for d in (video_dir, flow_dir, diff_dir):
+        d.mkdir()
+    write_video(video_dir / "v.webm", index_pattern_frames(frames, 32, 32), fps=12)
+    steps = np.arange(frames - 1, dtype=np.uint8)[:, None, None, None]
+    flow = np.broadcast_to(10 * steps + np.array([0, 5], np.uint8), (frames - 1, 32, 32, 2))
+    diff = np.broadcast_to(10 * steps + np.arange(3, dtype=np.uint8), (frames - 1, 32, 32, 3))
+    np.save(flow_dir / "v.npy", np.ascontiguousarray(flow))
+    np.save(diff_dir / "v.npy", np.ascontiguousarray(diff))
+    ann = Annotations(("a",), (VideoRecord("v", video_dir / "v.webm", (0,)),), False)
+    return ann, {"flow": flow_dir, "diff": diff_dir}
+
+
+def clip_config(segments: int) -> ClipConfig:
+    return ClipConfig(segments=segments, scale_size=32, crop_size=32)  # full frame, no resize
+
+
+def rgb_indices(x: torch.Tensor) -> list[int]:
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    frames = ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return [decode_index_pattern(f) for f in frames]
+
+
+def test_modalities_see_the_same_moments_with_stacked_channels(tmp_path):
+    ann, caches = make_video(tmp_path, frames=12)
+    ds = VideoClips(ann, clip_config(2), train=False, views=ViewPlan(0, 1),
+                    modalities=("diff", "flow", "rgb"), caches=caches)  # fmt: skip
+    sample = ds[0]
+    # 12 frames: 11 fields, stacks of 5 -> 7 positions; uniform centres of 2 segments: 1, 5.
+    # RGB has 12 positions: centred offset (12 - 7) // 2 = 2 -> frames 3, 7.
+    assert rgb_indices(sample["rgb"][0]) == [3, 7]
+    flow = sample["flow"][0]  # (V=1) -> (T=2, 10, 32, 32)
+    assert flow.shape == (2, 10, 32, 32)
+    raw = (flow[:, :, 0, 0] * 0.226 + 0.5) * 255
+    expected = [[10 * (p + j) + c for j in range(5) for c in (0, 5)] for p in (1, 5)]
+    assert torch.allclose(raw, torch.tensor(expected, dtype=torch.float32), atol=1e-3)
+    diff = sample["diff"][0]
+    assert diff.shape == (2, 15, 32, 32)
+    q = (diff[:, :, 0, 0] + 1) / 2 * 255
+    expected = [[10 * (p + j) + c for j in range(5) for c in range(3)] for p in (1, 5)]
+    assert torch.allclose(q, torch.tensor(expected, dtype=torch.float32), atol=1e-3)
+
+
+def test_short_video_stack_repeats_the_last_field(tmp_path):
+    ann, caches = make_video(tmp_path, frames=4)  # 3 fields: fewer than a stack
+    ds = VideoClips(ann, clip_config(2), train=False, views=ViewPlan(0, 1),
+                    modalities=("flow",), caches=caches)  # fmt: skip
+    raw = (ds[0]["flow"][0][:, 0::2, 0, 0] * 0.226 + 0.5) * 255
+    assert raw.round().tolist() == [[0, 10, 20, 20, 20]] * 2
+
+
+def test_training_clips_share_crop_and_offsets(tmp_path):
+    ann, caches = make_video(tmp_path, frames=20)
+    ds = VideoClips(ann, ClipConfig(segments=4, scale_size=32, crop_size=24), train=True,
+                    modalities=("flow", "rgb"), caches=caches)  # fmt: skip
+    for epoch in range(5):
+        ds.set_epoch(epoch)
+        sample = ds[0]
+        assert sample["rgb"].shape == (4, 3, 24, 24) and sample["flow"].shape == (4, 10, 24, 24)
+    ds.set_epoch(3)
+    assert torch.equal(ds[0]["flow"], ds[0]["flow"])  # same (seed, epoch, index), same clip
+
+
+def test_missing_cache_skips_the_video(tmp_path):
+    ann, caches = make_video(tmp_path, frames=12)
+    (caches["flow"] / "v.npy").unlink()
+    ds = VideoClips(ann, clip_config(2), train=False, modalities=("flow",), caches=caches)
+    sample = ds[0]
+    assert "broken" in sample and "mml data flow" in sample["broken"]
+
+
+def test_flip_negates_flow_x_only():
+    x = torch.full((1, 10, 2, 2), 0.8)
+    out = _to_input("flow", x.clone(), flipped=True) * 0.226 + 0.5
+    assert torch.allclose(out[:, 0::2], torch.tensor(0.2)) and torch.allclose(
+        out[:, 1::2], torch.tensor(0.8)
+    )
