@@ -93,3 +93,53 @@ def test_imagenet_init_goes_through_torchvision_weight_enums():
     assert _imagenet_weights(cfg) is torchvision.models.ResNet50_Weights.IMAGENET1K_V2
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         _imagenet_weights(ModelConfig(arch="tsm_resnet18", weights="IMAGENET9K"))
+
+
+def _save_stage_model(tmp_path, model, modality: str, classes: int):
+    from mml import checkpoint
+    from mml.models.factory import model_meta
+
+    meta = model_meta(ModelConfig(arch="tsm_resnet18"), model, modality)
+    checkpoint.save(tmp_path / "src" / "0.pt", {"format": 1, "state_dict": model.state_dict(),
+                                                "meta": meta})  # fmt: skip
+
+
+def test_rgb_model_and_its_adapted_copy_agree_on_grey_input():
+    torch.manual_seed(0)
+    rgb = tsm_resnet18(num_classes=4).eval()
+    grey3 = tsm_resnet18(num_classes=4).eval()
+    grey3.load_state_dict(rgb.state_dict())
+    conv = grey3.backbone.conv1
+    with torch.no_grad():
+        conv.weight.copy_(adapt_first_conv(rgb.backbone.conv1.weight, 3))
+    x = torch.rand(1, 2, 1, 32, 32).expand(1, 2, 3, 32, 32)  # grey: R = G = B
+    assert torch.allclose(rgb(x), grey3(x), atol=1e-5)
+
+
+def test_cross_modal_init_keeps_every_weight_and_adapts_the_first_conv(tmp_path):
+    torch.manual_seed(0)
+    source = tsm_resnet18(num_classes=4)
+    _save_stage_model(tmp_path, source, "rgb", 4)
+    flow = build_model(ModelConfig(arch="tsm_resnet18"), 4, "flow", "src.0", checkpoints=tmp_path)
+    assert flow.backbone.conv1.weight.shape[1] == 10
+    assert torch.allclose(flow.backbone.conv1.weight[:, 7], source.backbone.conv1.weight.mean(1))
+    assert torch.equal(flow.fc.weight, source.fc.weight)  # head included (paper §2.1)
+    assert torch.equal(flow.backbone.layer3[0].conv2.weight, source.backbone.layer3[0].conv2.weight)
+    same = build_model(ModelConfig(arch="tsm_resnet18"), 4, "rgb", "src.0", checkpoints=tmp_path)
+    assert torch.equal(same.backbone.conv1.weight, source.backbone.conv1.weight)
+
+
+def test_init_errors_are_clear(tmp_path):
+    from mml.checkpoint import CheckpointError
+
+    _save_stage_model(tmp_path, tsm_resnet18(num_classes=4), "rgb", 4)
+    with pytest.raises(CheckpointError, match="predicts 4 classes but this dataset has 7"):
+        build_model(ModelConfig(arch="tsm_resnet18"), 7, "flow", "src.0", checkpoints=tmp_path)
+    with pytest.raises(CheckpointError, match="tsm_resnet18 model, this stage builds"):
+        build_model(ModelConfig(), 4, "flow", "src.0", checkpoints=tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build_model(ModelConfig(), 4, "flow", "nope.0", checkpoints=tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "0.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        build_model(ModelConfig(), 4, "flow", "bad.0", checkpoints=tmp_path)
