@@ -80,6 +80,54 @@ def data_synth(
     _run(action)
 
 
+def _build_cache(kind: str, params: Path, overrides: list[str] | None, workers: int | None,
+                 quiet: bool) -> None:  # fmt: skip
+    """Shared body of `mml data flow` and `mml data diff`: both splits, one cache directory."""
+    from mml.data.cache import build_cache
+    from mml.data.dataset import cache_dir, load_split
+
+    p = _params(params, overrides)
+    records = [r for split in ("train", "val") for r in load_split(p.dataset, split).records]
+    out = cache_dir(p.cache.root, p.dataset.name, kind)
+    report = build_cache(
+        records, out, kind, algorithm=p.cache.flow_algorithm, bound=p.cache.flow_bound,
+        workers=workers, show_progress=not quiet,
+    )  # fmt: skip
+    typer.echo(
+        f"{kind} cache {out}: {report.built} built, {report.skipped_existing} already cached, "
+        f"{report.invalidated} invalidated, {len(report.broken)} broken ({report.seconds:.1f} s)"
+    )
+    for video_id, reason in report.broken:
+        typer.echo(f"  broken {video_id}: {reason}")
+
+
+WorkersOpt = Annotated[
+    int | None, typer.Option(help="parallel worker processes (default: CPU count)")
+]
+
+
+@data_app.command("flow")
+def data_flow(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Optical-flow cache (TV-L1 or DIS per cache.flow_algorithm), uint8, one .npy per video."""
+    _run(lambda: _build_cache("flow", params, overrides, workers, quiet))
+
+
+@data_app.command("diff")
+def data_diff(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """RGB-difference cache (next - previous frame), uint8, one .npy per video."""
+    _run(lambda: _build_cache("diff", params, overrides, workers, quiet))
+
+
 @data_app.command("check")
 def data_check(
     params: ParamsOpt = Path("params.yaml"),

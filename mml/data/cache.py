@@ -1,0 +1,195 @@
+"""Flow and RGB-difference caches: one uint8 ``.npy`` per video, built in parallel, incrementally.
+
+Layout of a cache directory::
+
+    settings.json      what the files hold (kind, flow algorithm and bound, format version)
+    <video id>.npy     flow: (F-1, H, W, 2) uint8, see mml.data.flow.quantize_flow
+                       diff: (F-1, H, W, 3) uint8, see mml.data.flow.quantize_diff
+
+Files are at the video's own resolution and written atomically (mml.fsio), so a killed build
+leaves only complete ``.npy`` files (and hidden temp files, removed by the next build); a
+re-run builds what is missing. If ``settings.json`` differs from the requested settings, every
+``.npy`` in the directory is stale and is deleted first. One build per directory at a time.
+Readers open files with :func:`open_cached` (memory-mapped: a clip reads only its frames).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from mml.data.annotations import VideoRecord
+from mml.data.flow import ALGORITHMS, compute_flow, quantize_diff, quantize_flow, rgb_diff
+from mml.data.video import VideoDecodeError, num_frames, read_frames
+from mml.fsio import atomic_write, atomic_write_text
+from mml.progress import progress_bar
+
+CacheKind = Literal["flow", "diff"]
+# Bump when the bytes written for the same settings change; old caches are then rebuilt.
+FORMAT_VERSION = 1
+SETTINGS_FILE = "settings.json"
+
+
+@dataclass
+class CacheReport:
+    """What one :func:`build_cache` call did."""
+
+    built: int = 0
+    skipped_existing: int = 0
+    broken: list[tuple[str, str]] = field(default_factory=list)  # (video id, reason)
+    invalidated: int = 0  # stale .npy files deleted because the settings changed
+    seconds: float = 0.0
+
+
+def cache_path(cache_dir: Path, video_id: str) -> Path:
+    """The cache file of one video."""
+    return Path(cache_dir) / f"{video_id}.npy"
+
+
+def open_cached(cache_dir: Path, video_id: str) -> np.ndarray:
+    """The cached array of one video, memory-mapped read-only (index it to read frames)."""
+    return np.load(cache_path(cache_dir, video_id), mmap_mode="r")
+
+
+def cache_settings(kind: CacheKind, algorithm: str = "tvl1", bound: float = 20.0) -> dict[str, Any]:
+    """The settings that determine a cache's bytes (flow options do not apply to diff)."""
+    if kind == "diff":
+        return {"format_version": FORMAT_VERSION, "kind": "diff"}
+    if kind != "flow":
+        raise ValueError(f"unknown cache kind {kind!r}; choose 'flow' or 'diff'")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown flow algorithm {algorithm!r}; choose one of {list(ALGORITHMS)}")
+    if not bound > 0:
+        raise ValueError(f"flow bound must be positive, got {bound}")
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "flow",
+        "algorithm": algorithm,
+        "bound": float(bound),
+    }
+
+
+def build_cache(
+    records: Sequence[VideoRecord],
+    cache_dir: Path,
+    kind: CacheKind,
+    *,
+    algorithm: str = "tvl1",
+    bound: float = 20.0,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> CacheReport:
+    """Write the ``kind`` cache of every record that is not cached yet; see the module doc.
+
+    Videos that cannot be decoded (or have fewer than 2 frames) are listed in
+    ``report.broken`` and skipped; the others are still built.
+    """
+    start = time.perf_counter()
+    cache_dir = Path(cache_dir)
+    settings = cache_settings(kind, algorithm, bound)
+    _check_unique_ids(records)
+    report = CacheReport(invalidated=_prepare_dir(cache_dir, settings))
+
+    todo = [r for r in records if not cache_path(cache_dir, r.id).is_file()]
+    report.skipped_existing = len(records) - len(todo)
+    if todo:
+        _build_all(todo, cache_dir, settings, workers or os.cpu_count() or 1, show_progress, report)
+    report.broken.sort()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_unique_ids(records: Sequence[VideoRecord]) -> None:
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            raise ValueError(f"video id {record.id!r} appears twice; cache files are named by id")
+        seen.add(record.id)
+
+
+def _prepare_dir(cache_dir: Path, settings: dict[str, Any]) -> int:
+    """Remove stale files, write settings.json; return how many .npy files were invalidated."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in cache_dir.glob(".*.tmp"):  # temp files of a killed build (mml.fsio names)
+        tmp.unlink(missing_ok=True)
+    settings_path = cache_dir / SETTINGS_FILE
+    try:
+        existing = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        existing = None
+    invalidated = 0
+    if existing != settings:
+        for stale in cache_dir.glob("*.npy"):
+            stale.unlink()
+            invalidated += 1
+        atomic_write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return invalidated
+
+
+def _build_all(
+    todo: list[VideoRecord],
+    cache_dir: Path,
+    settings: dict[str, Any],
+    workers: int,
+    show_progress: bool,
+    report: CacheReport,
+) -> None:
+    algorithm, bound = settings.get("algorithm", ""), settings.get("bound", 0.0)
+    # Not "fork": a forked child deadlocks if the parent's OpenCV/decoder thread pools held a
+    # lock at fork time (seen after compute_flow in the parent). forkserver children start clean.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(
+        min(workers, len(todo)), mp_context=context, initializer=_init_worker
+    ) as pool:
+        kind = settings["kind"]
+        futures = {
+            pool.submit(_build_one, str(r.path), str(cache_path(cache_dir, r.id)), kind,
+                        algorithm, bound): r.id
+            for r in todo
+        }  # fmt: skip
+        with progress_bar(f"{settings['kind']} cache", len(todo), show_progress) as advance:
+            for future in as_completed(futures):
+                error = future.result()
+                if error is None:
+                    report.built += 1
+                else:
+                    report.broken.append((futures[future], error))
+                advance()
+
+
+def _init_worker() -> None:
+    # One OpenCV thread per process: the pool is the parallelism, and results are reproducible.
+    cv2.setNumThreads(1)
+
+
+def _build_one(video: str, out: str, kind: str, algorithm: str, bound: float) -> str | None:
+    """Compute and save one video's cache; return why it failed, or None."""
+    try:
+        count = num_frames(Path(video))
+        if count < 2:
+            return f"{video}: has {count} frame(s); {kind} needs at least 2"
+        frames = read_frames(Path(video), np.arange(count))
+    except VideoDecodeError as err:
+        return str(err)
+    if kind == "flow":
+        array = quantize_flow(compute_flow(frames, algorithm), bound)
+    else:
+        array = quantize_diff(rgb_diff(frames))
+    atomic_write(Path(out), lambda tmp: _save_npy(tmp, array))
+    return None
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # Through a file handle: np.save(path) would append ".npy" to the temp file's name.
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)

@@ -1,0 +1,169 @@
+"""Flow/diff math (mml.data.flow) and the per-video caches (mml.data.cache), on real WebM files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mml.data.annotations import VideoRecord
+from mml.data.cache import build_cache, cache_path, open_cached
+from mml.data.flow import (
+    compute_flow,
+    dequantize_diff,
+    dequantize_flow,
+    quantize_diff,
+    quantize_flow,
+    rgb_diff,
+)
+from mml.data.video import num_frames, read_frames, write_video
+
+SIZE, FRAMES, STEP = 32, 8, 2  # a 10x10 square moving STEP px/frame to the right
+
+
+def square_frames(offset: int = 0) -> np.ndarray:
+    frames = np.full((FRAMES, SIZE, SIZE, 3), 40, np.uint8)
+    frames[..., 1] += np.arange(SIZE, dtype=np.uint8)[:, None]  # a little texture
+    for t in range(FRAMES):
+        left = 4 + STEP * t
+        frames[t, 10 + offset : 20 + offset, left : left + 10] = (220, 200, 180)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[VideoRecord]:
+    root = tmp_path_factory.mktemp("videos")
+    records = []
+    for i in range(3):
+        path = root / f"v{i}.webm"
+        write_video(path, square_frames(offset=i), fps=12)
+        records.append(VideoRecord(f"v{i}", path, (0,)))
+    return records
+
+
+def square_mask() -> np.ndarray:
+    """Interior of the square in frame t (1 px margin), for each of the F-1 flow fields."""
+    mask = np.zeros((FRAMES - 1, SIZE, SIZE), bool)
+    for t in range(FRAMES - 1):
+        mask[t, 11:19, 5 + STEP * t : 13 + STEP * t] = True
+    return mask
+
+
+@pytest.mark.parametrize("algorithm", ["tvl1", "dis"])
+def test_flow_of_a_translating_square(videos, algorithm):
+    path = videos[0].path
+    frames = read_frames(path, np.arange(num_frames(path)))
+    flow = compute_flow(frames, algorithm)
+    assert flow.shape == (FRAMES - 1, SIZE, SIZE, 2) and flow.dtype == np.float32
+    inside = flow[square_mask()]
+    assert inside[:, 0].mean() == pytest.approx(STEP, abs=0.3)
+    assert inside[:, 1].mean() == pytest.approx(0.0, abs=0.2)
+
+
+def test_unknown_flow_algorithm_is_refused():
+    with pytest.raises(ValueError, match="farneback"):
+        compute_flow(square_frames(), "farneback")
+
+
+def test_flow_quantisation_round_trip_and_clipping():
+    bound = 20.0
+    flow = np.linspace(-bound, bound, 1001, dtype=np.float32)
+    q = quantize_flow(flow, bound)
+    assert q.dtype == np.uint8 and q[0] == 0 and q[-1] == 255
+    assert np.abs(dequantize_flow(q, bound) - flow).max() <= bound / 255 + 1e-5
+    far = quantize_flow(np.array([-100.0, -bound, 0.0, bound, 100.0]), bound)
+    assert far.tolist() == [0, 0, 128, 255, 255]  # 127.5 rounds to even: 128
+    assert dequantize_flow(far, bound)[[0, -1]].tolist() == [-bound, bound]
+
+
+def test_diff_is_next_minus_previous_and_survives_quantisation():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    frames[1, 0, 0] = (0, 255, 0)
+    frames[2, 0, 0] = (255, 0, 0)  # extremes: +255 and -255
+    d = rgb_diff(frames)
+    assert d.dtype == np.int16 and d.shape == (4, 6, 7, 3)
+    np.testing.assert_array_equal(d, frames[1:].astype(int) - frames[:-1].astype(int))
+    q = quantize_diff(d)
+    assert q.dtype == np.uint8 and q[1, 0, 0].tolist() == [255, 0, 127]
+    back = dequantize_diff(q) * 255
+    assert back.min() >= -255 and back.max() <= 255
+    assert np.abs(back - d).max() <= 1 + 1e-4  # one bit lost
+
+
+@pytest.mark.parametrize("kind, channels", [("flow", 2), ("diff", 3)])
+def test_build_writes_one_npy_per_video_then_skips(videos, tmp_path, kind, channels):
+    report = build_cache(videos, tmp_path, kind, algorithm="dis", workers=1, show_progress=False)
+    assert (report.built, report.skipped_existing, report.broken) == (3, 0, [])
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["v0.npy", "v1.npy", "v2.npy"]
+    cached = open_cached(tmp_path, "v1")
+    assert isinstance(cached, np.memmap)
+    assert cached.shape == (FRAMES - 1, SIZE, SIZE, channels) and cached.dtype == np.uint8
+    assert json.loads((tmp_path / "settings.json").read_text())["kind"] == kind
+
+    again = build_cache(videos, tmp_path, kind, algorithm="dis", workers=1, show_progress=False)
+    assert (again.built, again.skipped_existing, again.invalidated) == (0, 3, 0)
+
+
+def test_cached_diff_equals_quantised_diff_of_the_decoded_frames(videos, tmp_path):
+    build_cache(videos[:1], tmp_path, "diff", workers=1, show_progress=False)
+    frames = read_frames(videos[0].path, np.arange(FRAMES))
+    np.testing.assert_array_equal(open_cached(tmp_path, "v0"), quantize_diff(rgb_diff(frames)))
+
+
+def test_changing_the_bound_invalidates_and_rebuilds(videos, tmp_path):
+    build_cache(videos, tmp_path, "flow", algorithm="dis", bound=20, show_progress=False)
+    old = np.load(cache_path(tmp_path, "v0"))
+    report = build_cache(videos, tmp_path, "flow", algorithm="dis", bound=5, show_progress=False)
+    assert (report.invalidated, report.built, report.skipped_existing) == (3, 3, 0)
+    assert json.loads((tmp_path / "settings.json").read_text())["bound"] == 5.0
+    new = np.load(cache_path(tmp_path, "v0"))
+    assert not np.array_equal(old, new)  # a smaller bound spreads the same flow wider
+
+
+def test_corrupt_video_is_reported_and_the_others_are_built(videos, tmp_path):
+    bad = tmp_path / "bad.webm"
+    bad.write_bytes(np.random.default_rng(1).bytes(4096))
+    records = [*videos, VideoRecord("bad", bad, (0,))]
+    out = tmp_path / "cache"
+    report = build_cache(records, out, "flow", algorithm="dis", workers=2, show_progress=False)
+    assert report.built == 3
+    assert [video_id for video_id, _ in report.broken] == ["bad"]
+    assert "bad.webm" in report.broken[0][1]
+    assert not cache_path(out, "bad").exists()
+
+
+def test_parallel_build_is_byte_identical(videos, tmp_path):
+    for workers in (1, 2):
+        build_cache(
+            videos, tmp_path / str(workers), "flow", workers=workers, show_progress=False
+        )  # tvl1, the default
+    for record in videos:
+        one = cache_path(tmp_path / "1", record.id).read_bytes()
+        assert one == cache_path(tmp_path / "2", record.id).read_bytes()
+
+
+def test_rerun_after_an_interrupted_build_completes_the_cache(videos, tmp_path):
+    build_cache(videos, tmp_path, "diff", show_progress=False)
+    # A killed build: one video never finished, its temp file (mml.fsio naming) is left over.
+    cache_path(tmp_path, "v2").unlink()
+    stray = tmp_path / ".v2.npy.abc123.tmp"
+    stray.write_bytes(b"half a file")
+    report = build_cache(videos, tmp_path, "diff", show_progress=False)
+    assert (report.built, report.skipped_existing, report.invalidated) == (1, 2, 0)
+    assert np.load(cache_path(tmp_path, "v2")).shape == (FRAMES - 1, SIZE, SIZE, 3)
+    assert not stray.exists()
+
+
+def test_unknown_settings_are_refused_before_touching_the_directory(videos, tmp_path):
+    with pytest.raises(ValueError, match="algorithm"):
+        build_cache(videos, tmp_path / "c", "flow", algorithm="nope", show_progress=False)
+    with pytest.raises(ValueError, match="kind"):
+        build_cache(videos, tmp_path / "c", "depth", show_progress=False)  # type: ignore[arg-type]
+    assert not (tmp_path / "c").exists()
+
+
+def test_cache_path_is_named_by_video_id(tmp_path: Path):
+    assert cache_path(tmp_path, "12345") == tmp_path / "12345.npy"
