@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from mml.config import ClipConfig, DatasetConfig, LoaderConfig
 from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
+from mml.data.cache import cache_path, open_cached
 from mml.data.video import VideoDecodeError, num_frames, read_frames
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,9 @@ class VideoClips(Dataset):
         if modality == "rgb":
             frames = read_frames(record.path, plan.reshape(-1))
             return frames.reshape(*plan.shape, *frames.shape[1:])
-        path = self.caches[modality] / f"{record.id}.npy"
+        path = cache_path(self.caches[modality], record.id)
         try:
-            fields = np.load(path, mmap_mode="r")  # (F - 1, H, W, 2 or 3) uint8
+            fields = open_cached(self.caches[modality], record.id)  # (F-1, H, W, 2|3) uint8
         except (OSError, ValueError) as err:
             hint = f"run `mml data {modality}`"
             raise CacheError(f"{modality} cache {path}: {err} ({hint})") from None
