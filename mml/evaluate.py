@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mml.config import LoaderConfig, Params
+from mml.fsio import atomic_write, atomic_write_text
 from mml.progress import progress_bar
 
 
@@ -168,7 +169,6 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
 def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Prediction,
                   classes: Sequence[str], client) -> dict:  # fmt: skip
     from mml import tracking
-    from mml.fsio import atomic_write
 
     multilabel = bool(meta.get("multilabel"))
     metrics = summarize(pred.scores, pred.targets, multilabel)
@@ -201,10 +201,8 @@ def _finite(value: float) -> float | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from mml.fsio import atomic_write
-
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
@@ -230,7 +228,5 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    from mml.fsio import atomic_write
-
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

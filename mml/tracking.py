@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,6 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 def log_metrics(
     client: MlflowClient, run_id: str, metrics: dict[str, float], step: int | None = None
 ) -> None:
-    import time
-
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
     for i in range(0, len(items), MAX_BATCH):
