@@ -1,7 +1,9 @@
-"""Flow/diff cache build speed (TV-L1 vs DIS, 1 and 2 workers) and cache size per video.
+"""Flow/diff cache build speed (TV-L1 vs DIS, 1 and 2 workers), cache size per video, and the
+time to load one training clip of each modality.
 
 Times `mml.data.cache.build_cache` into a temp directory on the first N videos of the train
-split, at the videos' own resolution (64x64 for the default synthetic dataset).
+split, at the videos' own resolution (64x64 for the default synthetic dataset). Clip loading is
+`VideoClips.__getitem__` in the main process (decode or cache read, sampling, crop, normalise).
 
     python benchmarks/flow.py [--params params.yaml] [--videos 20] [-S key=value ...]
 
@@ -11,6 +13,7 @@ Needs the dataset (`mml data synth` for the default). Prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -19,10 +22,11 @@ from pathlib import Path
 import av  # noqa: F401  (before decord: see mml/data/video.py)
 import cv2
 import numpy as np
+import torch
 
 from mml.config import load_params
 from mml.data.cache import build_cache, cache_path
-from mml.data.dataset import load_split
+from mml.data.dataset import VideoClips, load_split
 from mml.data.flow import compute_flow
 from mml.data.video import num_frames, probe, read_frames
 
@@ -71,6 +75,25 @@ def main() -> None:
             size = sum(cache_path(Path(tmp), r.id).stat().st_size for r in records) / len(records)
         as_float = fields * info.height * info.width * channels * 4 / len(records)
         print(f"| {kind} | {size:,.0f} | {as_float:,.0f} | {as_float / size:.1f}x |")
+
+    print("\n| modality | ms per training clip (1 process) |\n|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        caches = {kind: Path(tmp) / kind for kind in ("flow", "diff")}
+        for kind, path in caches.items():
+            build_cache(records, path, kind, algorithm="dis", show_progress=False)
+        ann = dataclasses.replace(load_split(params.dataset, "train"), records=tuple(records))
+        torch.set_num_threads(1)
+        for modality in ("rgb", "flow", "diff"):
+            clips = VideoClips(
+                ann, params.clip, train=True, seed=params.seed, modalities=(modality,),
+                caches={m: p for m, p in caches.items() if m == modality},
+            )  # fmt: skip
+            clips[0]  # warm-up (imports, first file open)
+            start = time.perf_counter()
+            for index in range(len(clips)):
+                clips[index]
+            ms = 1000 * (time.perf_counter() - start) / len(clips)
+            print(f"| {modality} | {ms:.1f} |")
 
 
 if __name__ == "__main__":
