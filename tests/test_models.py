@@ -56,8 +56,12 @@ def test_tsm_resnet18_shapes_and_consensus(in_channels):
     x = torch.randn(2, 4, in_channels, 32, 32)
     logits = model(x)
     assert logits.shape == (2, 5)
-    frame_logits = model.fc(model.backbone(x.flatten(0, 1))).view(2, 4, 5)
+    fmap = model.backbone(x.flatten(0, 1))
+    assert fmap.shape == (8, 512, 1, 1)  # feature maps before pooling (32 px / 32)
+    frame_logits = model.fc(fmap.mean(dim=(2, 3))).view(2, 4, 5)
     assert torch.allclose(logits, frame_logits.mean(1), atol=1e-6)
+    with_features, maps = model.forward_with_features(x)
+    assert torch.equal(with_features, logits) and torch.equal(maps, fmap)
     assert sum(isinstance(m, TemporalShift) for m in model.modules()) == 8
 
 

@@ -18,8 +18,12 @@ from mml.models.stem import set_in_channels
 from mml.models.temporal_shift import TemporalShift
 
 
-class TSM(nn.Module):
-    """Backbone (frames -> pooled features) + dropout + linear head, averaged over time."""
+class VideoClassifier(nn.Module):
+    """Trunk (-> feature maps) + global pooling + dropout + linear head, with TSN's partial BN.
+
+    Subclasses define `forward_with_features(x)`: (B, T, C, H, W) -> (logits, feature maps
+    before global pooling); `forward` returns the logits.
+    """
 
     def __init__(
         self,
@@ -37,21 +41,18 @@ class TSM(nn.Module):
         nn.init.normal_(self.fc.weight, 0, 0.001)  # TSN/TSM head init
         nn.init.zeros_(self.fc.bias)
         self.partial_bn = partial_bn
-        self._shifts = [m for m in self.modules() if isinstance(m, TemporalShift)]
         if partial_bn:
             for bn in self._frozen_bns():
                 bn.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, num_classes) logits."""
-        b, t = x.shape[:2]
-        for shift in self._shifts:
-            shift.segments = t
-        features = self.backbone(x.flatten(0, 1))
-        logits = self.fc(self.dropout(features))
-        return logits.view(b, t, -1).mean(dim=1)
+        return self.forward_with_features(x)[0]
 
-    def train(self, mode: bool = True) -> TSM:
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> VideoClassifier:
         """Partial BN (TSN): every BatchNorm but the first keeps its ImageNet statistics."""
         super().train(mode)
         if mode and self.partial_bn:
@@ -60,8 +61,52 @@ class TSM(nn.Module):
         return self
 
     def _frozen_bns(self) -> list[nn.Module]:
-        bns = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+        bns = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm3d)]
         return bns[1:]
+
+
+class TSM(VideoClassifier):
+    """A 2D trunk run frame by frame with temporal shifts; logits averaged over the T frames."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, **kwargs) -> None:
+        super().__init__(backbone, feature_dim, num_classes, **kwargs)
+        self._shifts = [m for m in self.modules() if isinstance(m, TemporalShift)]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the feature maps before global pooling, (B*T, C', h, w) (for MARS)."""
+        b, t = x.shape[:2]
+        for shift in self._shifts:
+            shift.segments = t
+        fmap = self.backbone(x.flatten(0, 1))
+        logits = self.fc(self.dropout(fmap.mean(dim=(2, 3))))
+        return logits.view(b, t, -1).mean(dim=1), fmap
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet without its pooling and head: frames -> feature maps.
+
+    Keeps torchvision's module names (conv1, bn1, layer1..layer4) in the state dict.
+    """
+
+    def __init__(self, net: torchvision.models.ResNet) -> None:
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class MobileNetTrunk(nn.Module):
+    """torchvision MobileNetV2's `features` (names kept as `features.N`): frames -> feature maps."""
+
+    def __init__(self, net: torchvision.models.MobileNetV2) -> None:
+        super().__init__()
+        self.features = net.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 
 
 def _shift_resnet_blocks(net: torchvision.models.ResNet, fold_div: int, every: int) -> None:
@@ -83,10 +128,9 @@ def _tsm_resnet(
     net = getattr(torchvision.models, f"resnet{depth}")(weights=weights)
     # TSM shifts every residual block; for ResNet-101 (23-block layer3) every other one.
     _shift_resnet_blocks(net, shift_div, every=2 if depth >= 101 else 1)
-    set_in_channels(net, in_channels)
-    feature_dim = net.fc.in_features
-    net.fc = nn.Identity()
-    return TSM(net, feature_dim, num_classes, dropout=dropout, partial_bn=partial_bn)
+    trunk = ResNetTrunk(net)
+    set_in_channels(trunk, in_channels)
+    return TSM(trunk, net.fc.in_features, num_classes, dropout=dropout, partial_bn=partial_bn)
 
 
 def tsm_resnet18(num_classes: int, in_channels: int = 3, shift_div: int = 8, weights=None,
@@ -117,15 +161,6 @@ def tsm_mobilenet_v2(num_classes: int, in_channels: int = 3, shift_div: int = 8,
     for block in net.features:
         if isinstance(block, InvertedResidual) and block.use_res_connect:
             block.conv[0] = TemporalShift(block.conv[0], shift_div)
-    set_in_channels(net, in_channels)
-    feature_dim = net.last_channel
-    net.classifier = nn.Identity()
-    return TSM(net, feature_dim, num_classes, dropout=dropout, partial_bn=partial_bn)
-
-
-BUILDERS = {
-    "tsm_resnet18": (tsm_resnet18, "resnet18"),
-    "tsm_resnet50": (tsm_resnet50, "resnet50"),
-    "tsm_resnet101": (tsm_resnet101, "resnet101"),
-    "tsm_mobilenet_v2": (tsm_mobilenet_v2, "mobilenet_v2"),
-}
+    trunk = MobileNetTrunk(net)
+    set_in_channels(trunk, in_channels)
+    return TSM(trunk, net.last_channel, num_classes, dropout=dropout, partial_bn=partial_bn)

@@ -9,10 +9,25 @@ import torchvision
 
 from mml import checkpoint
 from mml.config import ModelConfig
-from mml.models.backbones import BUILDERS, TSM
+from mml.models.backbones import (
+    VideoClassifier,
+    tsm_mobilenet_v2,
+    tsm_resnet18,
+    tsm_resnet50,
+    tsm_resnet101,
+)
+from mml.models.i3d import i3d_resnet18, i3d_resnet50
 from mml.models.stem import set_in_channels
 
 MODALITY_CHANNELS = {"rgb": 3, "flow": 10, "diff": 15}  # per input frame (ARCHITECTURE §1)
+BUILDERS = {  # arch -> (builder, torchvision model whose ImageNet weights it starts from)
+    "tsm_resnet18": (tsm_resnet18, "resnet18"),
+    "tsm_resnet50": (tsm_resnet50, "resnet50"),
+    "tsm_resnet101": (tsm_resnet101, "resnet101"),
+    "tsm_mobilenet_v2": (tsm_mobilenet_v2, "mobilenet_v2"),
+    "i3d_resnet18": (i3d_resnet18, "resnet18"),
+    "i3d_resnet50": (i3d_resnet50, "resnet50"),
+}
 
 
 def build_model(
@@ -21,8 +36,8 @@ def build_model(
     modality: str,
     init: str = "scratch",
     checkpoints: Path = Path("checkpoints"),
-) -> TSM:
-    """A TSM model for `modality` initialised from `imagenet`, `scratch` or `<stage>.<k>`.
+) -> VideoClassifier:
+    """A model (TSM or I3D, per `cfg.arch`) for `modality`: `imagenet`, `scratch`, `<stage>.<k>`.
 
     `<stage>.<k>` loads checkpoints/<stage>/<k>.pt completely, head included; when that
     model saw another modality its first conv is adapted (MML §2.1).
@@ -51,7 +66,9 @@ def build_model(
     return model
 
 
-def model_meta(cfg: ModelConfig, model: TSM, modality: str, **extra: Any) -> dict[str, Any]:
+def model_meta(
+    cfg: ModelConfig, model: VideoClassifier, modality: str, **extra: Any
+) -> dict[str, Any]:
     """The plain-data description saved next to a model's weights."""
     return {
         "model": cfg.model_dump(mode="json"),
@@ -62,7 +79,7 @@ def model_meta(cfg: ModelConfig, model: TSM, modality: str, **extra: Any) -> dic
     }
 
 
-def model_from_checkpoint(path: Path) -> tuple[TSM, dict[str, Any]]:
+def model_from_checkpoint(path: Path) -> tuple[VideoClassifier, dict[str, Any]]:
     """Rebuild a saved model (eval mode) and return it with its metadata."""
     payload = checkpoint.load(path)
     meta = payload["meta"]
@@ -72,7 +89,7 @@ def model_from_checkpoint(path: Path) -> tuple[TSM, dict[str, Any]]:
     return model.eval(), meta
 
 
-def _make(cfg: ModelConfig, num_classes: int, in_channels: int, weights) -> TSM:
+def _make(cfg: ModelConfig, num_classes: int, in_channels: int, weights) -> VideoClassifier:
     builder, _ = BUILDERS[cfg.arch]
     kwargs: dict[str, Any] = dict(
         num_classes=num_classes,
