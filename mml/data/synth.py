@@ -445,6 +445,25 @@ def _make_video(task: tuple[SynthSpec, int, int, Path, bool]) -> list[str]:
     return plan.placeholders
 
 
+def run_tasks(make: Callable, tasks: list, workers: int, progress: Callable | None) -> list:
+    """[make(t) for t in tasks], in worker processes when workers > 1; progress(done, total)."""
+    out = []
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.map(make, tasks, chunksize=4) if pool else map(make, tasks)
+        for done, result in enumerate(results, start=1):
+            out.append(result)
+            if progress is not None:
+                progress(done, len(tasks))
+    return out
+
+
+def remove_stale(video_dir: Path, paths: list[Path]) -> None:
+    """Delete videos not in `paths` (of a larger earlier spec) and temp files of a killed run."""
+    found = {*video_dir.glob("*.webm"), *video_dir.glob("*.mp4"), *video_dir.glob(".*.tmp")}
+    for stale in found - set(paths):
+        stale.unlink()
+
+
 def _spec_json(spec: SynthSpec) -> dict:
     return {"synth_version": SYNTH_VERSION, **asdict(spec), "frames": list(spec.frames)}
 
@@ -474,15 +493,8 @@ def generate(
     suffix = ".mp4" if spec.codec == "h264" else ".webm"  # what mml.data.video writes
     paths = [video_dir / f"{n}{suffix}" for n in range(1, len(layout) + 1)]
     tasks = [(spec, n, c, paths[n - 1], keep) for n, (c, _) in enumerate(layout, start=1)]
-    placeholders: list[list[str]] = []
-    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        results = pool.map(_make_video, tasks, chunksize=4) if pool else map(_make_video, tasks)
-        for done, names in enumerate(results, start=1):
-            placeholders.append(names)
-            if progress is not None:
-                progress(done, len(tasks))
-    for stale in (set(video_dir.glob("*.webm")) | set(video_dir.glob("*.mp4"))) - set(paths):
-        stale.unlink()  # videos of a larger earlier spec, temp files of a killed run
+    placeholders = run_tasks(_make_video, tasks, workers, progress)
+    remove_stale(video_dir, paths)
     classes = [t.replace("[", "").replace("]", "") for t in CLASS_TEMPLATES[: spec.num_classes]]
     for split in ("train", "validation"):
         entries = [
