@@ -63,18 +63,31 @@ def data_synth(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write the synthetic motion dataset (VP9 WebM + SSv2 annotations) to dataset.root."""
+    """Write the synthetic motion dataset to dataset.root.
+
+    SSv2 format (VP9 WebM + labels.json/train.json/validation.json), or with synth.multilabel
+    the Charades-like variant (several actions per video, Charades CSV).
+    """
 
     def action() -> None:
+        from mml.data import synth_charades
         from mml.data.synth import SynthSpec, generate
         from mml.progress import progress_bar
 
         p = _params(params, overrides)
-        spec = SynthSpec(**p.synth.model_dump())
+        fields = p.synth.model_dump()
+        multilabel, actions = fields.pop("multilabel"), fields.pop("actions")
+        spec = SynthSpec(**fields)
+        if multilabel:
+            synth_charades.check_dataset_config(p.dataset, p.source, codec=spec.codec)
         total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
         with progress_bar("synth videos", total, not quiet) as advance:
-            generate(Path(p.dataset.root), spec, workers=workers or os.cpu_count() or 1,
-                     progress=lambda done, _total: advance(1))  # fmt: skip
+            kwargs = dict(workers=workers or os.cpu_count() or 1,
+                          progress=lambda done, _total: advance(1))  # fmt: skip
+            if multilabel:
+                synth_charades.generate(Path(p.dataset.root), spec, actions=actions, **kwargs)
+            else:
+                generate(Path(p.dataset.root), spec, **kwargs)
         typer.echo(f"wrote {total} videos to {p.dataset.root}")
 
     _run(action)

@@ -21,8 +21,12 @@ from mml.errors import UserError
 
 Modality = Literal["rgb", "flow", "diff"]
 Method = Literal["ce", "ml", "mml", "mars", "d3d"]
-Arch = Literal["tsm_resnet18", "tsm_resnet50", "tsm_resnet101", "tsm_mobilenet_v2"]
+Arch = Literal[
+    "tsm_resnet18", "tsm_resnet50", "tsm_resnet101", "tsm_mobilenet_v2", "i3d_resnet18",
+    "i3d_resnet50",
+]  # fmt: skip
 INIT_PATTERN = re.compile(r"^(imagenet|scratch|[A-Za-z0-9_\-]+\.\d+)$")
+MODEL_REF = re.compile(r"^[A-Za-z0-9_\-]+\.\d+$")  # <stage>.<k>: model k of a trained stage
 
 
 class ConfigError(UserError, ValueError):
@@ -62,12 +66,21 @@ class SynthConfig(Section):
     object_scale: float = Field(1.0, gt=0, le=3)
     texture: float = Field(1.0, ge=0, le=1)
     bright_objects: bool = True
+    multilabel: bool = Field(False, description="Charades-like: several objects and actions")
+    actions: tuple[int, int] = Field((1, 3), description="multilabel: min, max actions/video")
 
     @field_validator("height", "width")
     @classmethod
     def _even(cls, v: int) -> int:
         if v % 2:
             raise ValueError(f"must be even (VP9/H.264 store 4:2:0 colour), got {v}")
+        return v
+
+    @field_validator("actions")
+    @classmethod
+    def _actions_ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError(f"need 1 <= min <= max, got {list(v)}")
         return v
 
     @field_validator("frames")
@@ -125,8 +138,6 @@ class TrainConfig(Section):
     lr_decay: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
     clip_grad: float | None = Field(20.0, gt=0)
-    kl_weight: float = Field(1.0, ge=0)
-    kl_form: Literal["pairwise", "mean_logits"] = "pairwise"
 
 
 class EvalConfig(Section):
@@ -166,10 +177,52 @@ class ModelSpec(Section):
         return v
 
 
+DISTILL_WEIGHTS = {"mars": 50.0, "d3d": 1.0}  # the MARS / D3D papers' weights
+
+
 class StageConfig(Section):
     method: Method = "ce"
     models: tuple[ModelSpec, ...] = (ModelSpec(),)
+    kl_weight: float = Field(1.0, ge=0, description="ml/mml: weight w of the mutual KL")
+    kl_form: Literal["pairwise", "mean_logits"] = "pairwise"
+    teacher: str | None = Field(None, description="mars/d3d: frozen teacher '<stage>.<k>'")
+    distill_weight: float | None = Field(None, ge=0, description="mars/d3d; None: 50 / 1")
     overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def distill(self) -> float:
+        """The weight of the MARS/D3D term (the method's paper value unless set)."""
+        if self.distill_weight is not None:
+            return self.distill_weight
+        return DISTILL_WEIGHTS.get(self.method, 0.0)
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> StageConfig:
+        modalities = {m.modality for m in self.models}
+        if self.method in ("ml", "mml") and len(self.models) < 2:
+            raise ValueError(f"method {self.method!r} trains M >= 2 models together, got 1")
+        if self.method == "ml" and len(modalities) > 1:
+            raise ValueError(
+                f"method 'ml' trains models of one modality, got {sorted(modalities)} "
+                "(use method 'mml' for several modalities)"
+            )
+        if self.method == "mml" and len(modalities) < 2:
+            raise ValueError(
+                f"method 'mml' needs models of different modalities, got only {modalities.pop()!r}"
+                " (use method 'ml' for one modality)"
+            )
+        if self.method in ("mars", "d3d"):
+            if self.teacher is None or not MODEL_REF.match(self.teacher):
+                raise ValueError(
+                    f"method {self.method!r} needs teacher: '<stage>.<k>' (a trained model, "
+                    f"e.g. flow_ce.0), got {self.teacher!r}"
+                )
+            if len(self.models) != 1:
+                count = len(self.models)
+                raise ValueError(f"method {self.method!r} trains one student, got {count}")
+        elif self.teacher is not None:
+            raise ValueError(f"teacher is used by methods mars and d3d only, not {self.method!r}")
+        return self
 
     @field_validator("models")
     @classmethod

@@ -1,4 +1,4 @@
-"""Losses: the task loss (CE or BCE) and Mutual Learning's KL to detached peers."""
+"""Losses: the task loss (CE or BCE), Mutual Learning's KL to detached peers, MARS/D3D terms."""
 
 from __future__ import annotations
 
@@ -43,3 +43,18 @@ def mutual_kl(
         log_q = F.log_softmax(peer, dim=-1)
         total = total + (log_q.exp() * (log_q - log_p)).sum() / divisor
     return total / len(peers)
+
+
+def distill_mse(
+    student: torch.Tensor, teacher: torch.Tensor, *, multilabel: bool = False, num_classes: int = 1
+) -> torch.Tensor:
+    """MSE of a student's features (MARS) or logits (D3D) to a frozen teacher's, mean over
+    elements; divided by `num_classes` too when multilabel (paper §3.5, like the KL term).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher outputs differ in shape: {tuple(student.shape)} vs "
+            f"{tuple(teacher.shape)} (MARS needs the same architecture and input size)"
+        )
+    loss = F.mse_loss(student, teacher.detach())
+    return loss / num_classes if multilabel else loss

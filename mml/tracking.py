@@ -17,7 +17,7 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mml.config import Params
+from mml.config import Params, StageConfig
 
 DEFAULT_STORE = Path("mlruns")
 MAX_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -85,9 +85,21 @@ def start_stage(client: MlflowClient, experiment_id: str, params: Params, stage:
         "git_commit": git_commit(),
         "mml.role": "stage",
     }
+    if cfg.teacher:
+        tags["teacher"] = cfg.teacher
     run = client.create_run(experiment_id, run_name=stage, tags=tags)
-    log_params(client, run.info.run_id, params.flat())
+    log_params(client, run.info.run_id, {**params.flat(), **stage_params(cfg)})
     return run.info.run_id
+
+
+def stage_params(cfg: StageConfig) -> dict[str, Any]:
+    """The stage's own settings as `stage.*` params (loss weights, teacher)."""
+    values = {"method": cfg.method, "models": len(cfg.models)}
+    if cfg.method in ("ml", "mml"):
+        values |= {"kl_weight": cfg.kl_weight, "kl_form": cfg.kl_form}
+    if cfg.method in ("mars", "d3d"):
+        values |= {"teacher": cfg.teacher, "distill_weight": cfg.distill}
+    return {f"stage.{k}": v for k, v in values.items()}
 
 
 def start_model(
@@ -114,8 +126,11 @@ def start_model(
         "model_index": str(index),
         "mml.role": "model",
     }
+    if cfg.teacher:
+        tags["teacher"] = cfg.teacher
     run = client.create_run(experiment_id, run_name=f"{stage}.{index}-{spec.modality}", tags=tags)
-    log_params(client, run.info.run_id, {**params.flat(), "model.modality": spec.modality,
+    log_params(client, run.info.run_id, {**params.flat(), **stage_params(cfg),
+                                         "model.modality": spec.modality,
                                          "model.init": spec.init})  # fmt: skip
     return run.info.run_id
 

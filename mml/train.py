@@ -1,9 +1,10 @@
 """Training of a stage: M models, one loader, one step; per-epoch validation, checkpoints, resume.
 
 `Trainer.step` is the whole method on one screen: forward every model on its modality of
-the same clips, task loss (+ w * mutual KL to the detached peers for ML/MML), backward,
-every optimizer steps. Everything random is seeded from (seed, epoch), so a run
-interrupted after any epoch and resumed from `last.pt` ends with the same numbers.
+the same clips, task loss (+ w * mutual KL to the detached peers for ML/MML, + the MSE to a
+frozen teacher's features (MARS) or logits (D3D)), one backward, every optimizer steps.
+Everything random is seeded from (seed, epoch), so a run interrupted after any epoch and
+resumed from `last.pt` ends with the same numbers.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from mml import checkpoint, losses, tracking
 from mml.config import ConfigError, Params
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
-from mml.models.factory import build_model, model_meta
+from mml.models.factory import build_model, model_from_checkpoint, model_meta
 from mml.progress import progress_bar
 
 log = logging.getLogger(__name__)
-SUPPORTED_METHODS = ("ce", "ml")
 
 
 @dataclass
@@ -45,18 +46,19 @@ class Trainer:
         self.stage = stage
         self.cfg = params.stage(stage)
         self.params = params.for_stage(stage)
-        if self.cfg.method not in SUPPORTED_METHODS:
-            raise ConfigError(
-                f"{params.source}: stages.{stage}.method={self.cfg.method!r} is not available yet "
-                f"(supported: {', '.join(SUPPORTED_METHODS)})."
-            )
         _check_inits(stage, self.cfg)
         self.show_progress = show_progress
         self.out_dir = self.params.paths.checkpoints / stage
         self.train_ann = load_split(self.params.dataset, "train")
         self.val_ann = load_split(self.params.dataset, "val")
         self.multilabel = self.train_ann.multilabel
-        modalities = sorted({m.modality for m in self.cfg.models})
+        self.num_classes = len(self.train_ann.classes)
+        self.teacher, self.teacher_modality = None, ""
+        if self.cfg.teacher:
+            self.teacher, self.teacher_modality = _load_teacher(
+                self.params.paths.checkpoints, self.cfg.teacher, self.num_classes, stage
+            )
+        modalities = sorted({m.modality for m in self.cfg.models} | {self.teacher_modality} - {""})
         caches = stage_caches(self.params, modalities)
         self.train_set = VideoClips(
             self.train_ann, self.params.clip, train=True, seed=self.params.seed,
@@ -82,21 +84,36 @@ class Trainer:
     # ---- the training step -------------------------------------------------------------
     def step(self, batch: Batch, lr: float) -> list[dict[str, float]]:
         """One optimisation step of every model on `batch`; returns per-model loss terms."""
-        logits = [m.model(batch.inputs[m.modality]) for m in self.members]
+        method, cfg = self.cfg.method, self.cfg
+        outputs = [
+            m.model.forward_with_features(batch.inputs[m.modality])
+            if method == "mars"  # MARS matches feature maps before global pooling
+            else (m.model(batch.inputs[m.modality]), None)
+            for m in self.members
+        ]
+        logits = [out[0] for out in outputs]
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher.forward_with_features(batch.inputs[self.teacher_modality])
         stats, total = [], 0.0
-        for i in range(len(self.members)):
-            loss_task = losses.task_loss(logits[i], batch.targets, multilabel=self.multilabel)
+        for i, (own, fmap) in enumerate(outputs):
+            loss_task = losses.task_loss(own, batch.targets, multilabel=self.multilabel)
             loss = loss_task
             terms = {"train/loss_ce": loss_task.item()}
-            if self.cfg.method in ("ml", "mml"):
+            if method in ("ml", "mml"):
                 peers = [logits[j] for j in range(len(logits)) if j != i]
-                loss_kl = losses.mutual_kl(
-                    logits[i], peers, multilabel=self.multilabel, form=self.params.train.kl_form
-                )
-                loss = loss + self.params.train.kl_weight * loss_kl
+                loss_kl = losses.mutual_kl(own, peers, multilabel=self.multilabel, form=cfg.kl_form)
+                loss = loss + cfg.kl_weight * loss_kl
                 terms["train/loss_kl"] = loss_kl.item()
+            elif method in ("mars", "d3d"):
+                student, target = (fmap, teacher[1]) if method == "mars" else (own, teacher[0])
+                loss_distill = losses.distill_mse(
+                    student, target, multilabel=self.multilabel, num_classes=self.num_classes
+                )
+                loss = loss + cfg.distill * loss_distill
+                terms["train/loss_distill"] = loss_distill.item()
             terms["train/loss"] = loss.item()
-            terms["train/top1"] = self._top1(logits[i], batch.targets)
+            terms["train/top1"] = self._top1(own, batch.targets)
             stats.append(terms)
             total = total + loss
         for m in self.members:
@@ -271,14 +288,37 @@ def _optimizer(
 
 
 def _check_inits(stage: str, cfg) -> None:
-    """ML needs different inits, else both models are equal and their KL is 0 (paper §3.4)."""
-    if cfg.method == "ml":
-        inits = [(m.modality, m.init) for m in cfg.models]
-        if len(set(inits)) < len(inits) and any(i != "scratch" for _, i in inits):
-            raise ConfigError(
-                f"stages.{stage}: ML models need different inits, got {[i for _, i in inits]} "
-                "(identical models have zero mutual KL; init each from a different model)."
-            )
+    """ML/MML models need different starting points, else equal models have zero KL (§3.4)."""
+    if cfg.method not in ("ml", "mml"):
+        return
+    starts = [(m.modality, m.init) for m in cfg.models]
+    repeated = sorted({s for s in starts if starts.count(s) > 1 and s[1] != "scratch"})
+    if repeated:
+        raise ConfigError(
+            f"stages.{stage}: {cfg.method} models {', '.join(f'{m} from {i}' for m, i in repeated)}"
+            " appear twice; identical models have zero mutual KL (paper §3.4) — initialise each "
+            "from a different model (e.g. rgb_ce.0 and rgb_ce.1) or use scratch."
+        )
+
+
+def _load_teacher(
+    checkpoints: Path, ref: str, num_classes: int, stage: str
+) -> tuple[torch.nn.Module, str]:
+    """The frozen MARS/D3D teacher `<stage>.<k>`: eval mode, no gradients; and its modality."""
+    source, k = ref.rsplit(".", 1)
+    path = checkpoints / source / f"{k}.pt"
+    if not path.exists():
+        raise ConfigError(
+            f"stages.{stage}.teacher={ref!r}: {path} does not exist; train stage {source!r} first."
+        )
+    model, meta = model_from_checkpoint(path)
+    if meta["num_classes"] != num_classes:
+        raise ConfigError(
+            f"stages.{stage}.teacher={ref!r} predicts {meta['num_classes']} classes, "
+            f"the dataset has {num_classes}."
+        )
+    model.requires_grad_(False)
+    return model.eval(), meta["modality"]
 
 
 def train_stage(params: Params, stage: str, *, restart: bool = False, show_progress: bool = True):

@@ -140,4 +140,4 @@ def test_mutual_learning_stage_logs_kl(project):
     assert len(children) == 2 and all(c.data.metrics["train/loss_kl"] > 0 for c in children)
     assert {c.data.tags["peers"] for c in children} == {"rgb"}
     result = runner.invoke(app, ["train", "same", "-q"])
-    assert result.exit_code == 2 and "different inits" in result.output
+    assert result.exit_code == 2 and "zero mutual KL" in result.output
