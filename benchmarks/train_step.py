@@ -1,6 +1,9 @@
-"""Training-step throughput and peak memory of the default model (random input, CPU).
+"""Training-step throughput and peak memory (random input, CPU).
 
-Each configuration runs in a fresh subprocess so that its peak RSS is its own.
+Table 1: one model per architecture. Table 2: the joint ML/MML step (`mml.train.JointStep`,
+M = 2 and 3 models on one batch) against the sum of the same models' single CE steps through
+the same code. Each configuration runs in a fresh subprocess so that its peak RSS is its own;
+memory is the peak RSS growth over the process after imports.
 
     python benchmarks/train_step.py [--params params.yaml] [--steps 10] [-S key=value ...]
 """
@@ -49,15 +52,81 @@ def run_one(params_path: str, overrides: list[str], steps: int) -> dict:
             "model_mb": (peak - before) / 1024, "threads": torch.get_num_threads()}  # fmt: skip
 
 
+def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> dict:
+    """`spec` = "method:modality,modality,...", e.g. "mml:rgb,flow,diff" or "ce:flow"."""
+    import torch
+
+    from mml.config import StageConfig, load_params
+    from mml.data.dataset import Batch
+    from mml.models import MODALITY_CHANNELS, build_model
+    from mml.train import JointStep, Member, make_optimizer
+
+    params = load_params(params_path, overrides)
+    method, names = spec.split(":")
+    modalities = names.split(",")
+    b, c = params.loader.batch_size, params.clip
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    members = []
+    for k, modality in enumerate(modalities):
+        model = build_model(params.model, 12, modality).train()
+        members.append(Member(k, modality, model, make_optimizer(model, params, fresh_head=False)))
+    cfg = StageConfig(method=method, models=[{"modality": m} for m in modalities])
+    step = JointStep(cfg, members, False, 12, clip_grad=params.train.clip_grad)
+    shape = (b, c.segments)
+    inputs = {m: torch.randn(*shape, MODALITY_CHANNELS[m], c.crop_size, c.crop_size)
+              for m in set(modalities)}  # fmt: skip
+    batch = Batch(inputs, torch.randint(0, 12, (b,)), [str(i) for i in range(b)], [])
+    step(batch, 0.01)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(batch, 0.01)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"spec": spec, "step_ms": elapsed / steps * 1000, "mem_mb": (peak - before) / 1024}
+
+
+def _subprocess(args, extra: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--params", args.params, "--steps", str(args.steps),
+           *extra] + [a for o in args.overrides for a in ("-S", o)]  # fmt: skip
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def joint_table(args) -> None:
+    print(
+        "\n| joint step | models | step ms | sum of single CE steps (ms) | ratio "
+        "| memory MB | sum of single (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    single = {m: _subprocess(args, ["--joint", f"ce:{m}"]) for m in ("rgb", "flow", "diff")}
+    for spec in ("ml:rgb,rgb", "mml:rgb,flow", "mml:rgb,flow,diff"):
+        joint = _subprocess(args, ["--joint", spec])
+        modalities = spec.split(":")[1].split(",")
+        ms = sum(single[m]["step_ms"] for m in modalities)
+        mb = sum(single[m]["mem_mb"] for m in modalities)
+        print(f"| {spec} | {len(modalities)} | {joint['step_ms']:.0f} | {ms:.0f} | "
+              f"{joint['step_ms'] / ms:.2f} | {joint['mem_mb']:.0f} | {mb:.0f} |")  # fmt: skip
+    cells = ", ".join(f"{m} {r['step_ms']:.0f} ms, {r['mem_mb']:.0f} MB" for m, r in single.items())
+    print(f"\nsingle CE steps: {cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--joint", help=argparse.SUPPRESS)
+    parser.add_argument("--only-joint", action="store_true", help="skip the per-arch table")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.params, args.overrides, args.steps)))
+        return
+    if args.joint:
+        print(json.dumps(run_joint(args.params, args.overrides, args.steps, args.joint)))
+        return
+    if args.only_joint:
+        joint_table(args)
         return
     configs = [args.overrides]  # the default (plus any -S given), then a few comparisons
     configs += [args.overrides + extra for extra in (
@@ -74,6 +143,7 @@ def main() -> None:
         cells = [r["arch"], r["width"], r["T"], r["crop"], r["batch"], f"{r['clips_s']:.1f}",
                  f"{r['step_ms']:.0f}", f"{r['peak_mb']:.0f}", r["threads"]]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
+    joint_table(args)
 
 
 if __name__ == "__main__":

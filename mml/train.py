@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mml import checkpoint, losses, tracking
-from mml.config import ConfigError, Params
+from mml.config import ConfigError, Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
 from mml.models.factory import build_model, model_from_checkpoint, model_meta
 from mml.progress import progress_bar
@@ -37,6 +37,74 @@ class Member:
     optimizer: torch.optim.Optimizer
     run_id: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class JointStep:
+    """The method on one screen: one optimisation step of a stage's M models on one batch.
+
+    Every model sees its own modality of the same clips; a MARS/D3D student also matches the
+    frozen `teacher` (which sees `teacher_modality`).
+    """
+
+    cfg: StageConfig
+    members: list[Member]
+    multilabel: bool
+    num_classes: int
+    clip_grad: float | None = None
+    teacher: torch.nn.Module | None = None
+    teacher_modality: str = ""
+
+    def __call__(self, batch: Batch, lr: float) -> list[dict[str, float]]:
+        """One optimisation step of every model on `batch`; returns per-model loss terms."""
+        method, cfg = self.cfg.method, self.cfg
+        outputs = [
+            m.model.forward_with_features(batch.inputs[m.modality])
+            if method == "mars"  # MARS matches feature maps before global pooling
+            else (m.model(batch.inputs[m.modality]), None)
+            for m in self.members
+        ]
+        logits = [out[0] for out in outputs]
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher.forward_with_features(batch.inputs[self.teacher_modality])
+        stats, total = [], 0.0
+        for i, (own, fmap) in enumerate(outputs):
+            loss_task = losses.task_loss(own, batch.targets, multilabel=self.multilabel)
+            loss = loss_task
+            terms = {"train/loss_ce": loss_task.item()}
+            if method in ("ml", "mml"):
+                peers = [logits[j] for j in range(len(logits)) if j != i]
+                loss_kl = losses.mutual_kl(own, peers, multilabel=self.multilabel, form=cfg.kl_form)
+                loss = loss + cfg.kl_weight * loss_kl
+                terms["train/loss_kl"] = loss_kl.item()
+            elif method in ("mars", "d3d"):
+                student, target = (fmap, teacher[1]) if method == "mars" else (own, teacher[0])
+                loss_distill = losses.distill_mse(
+                    student, target, multilabel=self.multilabel, num_classes=self.num_classes
+                )
+                loss = loss + cfg.distill * loss_distill
+                terms["train/loss_distill"] = loss_distill.item()
+            terms["train/loss"] = loss.item()
+            terms["train/top1"] = _top1(own, batch.targets, self.multilabel)
+            stats.append(terms)
+            total = total + loss
+        for m in self.members:
+            m.optimizer.zero_grad(set_to_none=True)
+            for group in m.optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+        total.backward()  # models share no parameters: one backward serves all
+        for m in self.members:
+            if self.clip_grad:
+                torch.nn.utils.clip_grad_norm_(m.model.parameters(), self.clip_grad)
+            m.optimizer.step()
+        return stats
+
+
+def _top1(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> float:
+    if multilabel:
+        return float("nan")
+    return (logits.argmax(-1) == targets).float().mean().item() * 100
 
 
 class Trainer:
@@ -68,6 +136,11 @@ class Trainer:
             self.val_ann, self.params.clip, train=False, modalities=modalities, caches=caches
         )
         self.members = [self._member(k) for k in range(len(self.cfg.models))]
+        self.joint = JointStep(
+            self.cfg, self.members, self.multilabel, self.num_classes,
+            clip_grad=self.params.train.clip_grad, teacher=self.teacher,
+            teacher_modality=self.teacher_modality,
+        )  # fmt: skip
         self.start_epoch = 0
         self.parent_run_id = ""
 
@@ -78,59 +151,12 @@ class Trainer:
             self.params.model, len(self.train_ann.classes), spec.modality, spec.init,
             checkpoints=self.params.paths.checkpoints,
         )  # fmt: skip
-        optimizer = _optimizer(model, self.params, fresh_head=spec.init == "imagenet")
+        optimizer = make_optimizer(model, self.params, fresh_head=spec.init == "imagenet")
         return Member(k, spec.modality, model, optimizer)
 
-    # ---- the training step -------------------------------------------------------------
     def step(self, batch: Batch, lr: float) -> list[dict[str, float]]:
-        """One optimisation step of every model on `batch`; returns per-model loss terms."""
-        method, cfg = self.cfg.method, self.cfg
-        outputs = [
-            m.model.forward_with_features(batch.inputs[m.modality])
-            if method == "mars"  # MARS matches feature maps before global pooling
-            else (m.model(batch.inputs[m.modality]), None)
-            for m in self.members
-        ]
-        logits = [out[0] for out in outputs]
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher = self.teacher.forward_with_features(batch.inputs[self.teacher_modality])
-        stats, total = [], 0.0
-        for i, (own, fmap) in enumerate(outputs):
-            loss_task = losses.task_loss(own, batch.targets, multilabel=self.multilabel)
-            loss = loss_task
-            terms = {"train/loss_ce": loss_task.item()}
-            if method in ("ml", "mml"):
-                peers = [logits[j] for j in range(len(logits)) if j != i]
-                loss_kl = losses.mutual_kl(own, peers, multilabel=self.multilabel, form=cfg.kl_form)
-                loss = loss + cfg.kl_weight * loss_kl
-                terms["train/loss_kl"] = loss_kl.item()
-            elif method in ("mars", "d3d"):
-                student, target = (fmap, teacher[1]) if method == "mars" else (own, teacher[0])
-                loss_distill = losses.distill_mse(
-                    student, target, multilabel=self.multilabel, num_classes=self.num_classes
-                )
-                loss = loss + cfg.distill * loss_distill
-                terms["train/loss_distill"] = loss_distill.item()
-            terms["train/loss"] = loss.item()
-            terms["train/top1"] = self._top1(own, batch.targets)
-            stats.append(terms)
-            total = total + loss
-        for m in self.members:
-            m.optimizer.zero_grad(set_to_none=True)
-            for group in m.optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-        total.backward()  # models share no parameters: one backward serves all
-        for m in self.members:
-            if self.params.train.clip_grad:
-                torch.nn.utils.clip_grad_norm_(m.model.parameters(), self.params.train.clip_grad)
-            m.optimizer.step()
-        return stats
-
-    def _top1(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
-        if self.multilabel:
-            return float("nan")
-        return (logits.argmax(-1) == targets).float().mean().item() * 100
+        """One optimisation step of every model on `batch` (see `JointStep`)."""
+        return self.joint(batch, lr)
 
     # ---- epochs --------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[list[dict[str, float]], int]:
@@ -265,7 +291,7 @@ class Trainer:
         log.info("%s: resuming after epoch %d from %s", self.stage, self.start_epoch, path)
 
 
-def _optimizer(
+def make_optimizer(
     model: torch.nn.Module, params: Params, *, fresh_head: bool
 ) -> torch.optim.Optimizer:
     """SGD (or AdamW) with TSN's groups: no decay on biases/BN; a new head learns 5x (bias 10x)."""
