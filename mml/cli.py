@@ -174,6 +174,9 @@ def train(
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     restart: Annotated[bool, typer.Option(help="ignore last.pt and start over")] = False,
+    restart_if_changed: Annotated[
+        bool, typer.Option(help="resume if last.pt matches the params, else start over (DVC)")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train every model of STAGE (resumes from checkpoints/STAGE/last.pt)."""
@@ -182,6 +185,7 @@ def train(
         from mml.train import train_stage
 
         final = train_stage(_params(params, overrides), stage, restart=restart,
+                            restart_if_changed=restart_if_changed,
                             show_progress=not quiet)  # fmt: skip
         for k, metrics in enumerate(final):
             shown = {m: round(v, 2) for m, v in metrics.items() if m.startswith("val/")}

@@ -179,7 +179,7 @@ def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Predicti
     if not multilabel:
         per_class = per_class_accuracy(pred.scores, pred.targets, len(classes))
         entry["per_class_top1"] = {c: _finite(a) for c, a in zip(classes, per_class, strict=True)}
-        png = params.paths.plots / stage / f"confusion_{k}.png"
+        png = params.paths.plots / stage / "eval" / f"confusion_{k}.png"
         title = f"{stage}.{k} ({meta['modality']}) top-1 {metrics['top1']:.1f}%"
         matrix = confusion_matrix(pred.scores, pred.targets, len(classes))
         plot_confusion(matrix, classes, png, title)

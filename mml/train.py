@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from mml import checkpoint, losses, tracking
+from mml import checkpoint, fsio, losses, tracking
 from mml.config import ConfigError, Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
-from mml.models.factory import build_model, model_from_checkpoint, model_meta
+from mml.models.factory import build_model, model_from_checkpoint, model_meta, model_path
 from mml.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -208,12 +208,20 @@ class Trainer:
         return t.lr * t.lr_decay ** sum(epoch >= s for s in t.lr_steps)
 
     # ---- the whole run ---------------------------------------------------------------------
-    def run(self, *, restart: bool = False) -> list[dict[str, float]]:
-        """Train to `train.epochs` (resuming from last.pt unless `restart`); final metrics."""
+    def run(self, *, restart: bool = False, restart_if_changed: bool = False) -> list[dict]:
+        """Train to `train.epochs`; final metrics per model.
+
+        Resumes from last.pt unless `restart`. A last.pt written with other params (or other
+        init/teacher checkpoints) is an error, or with `restart_if_changed` (pipelines, where
+        a changed input means "run again") a fresh start.
+        """
         client, experiment_id = tracking.client_and_experiment(self.params)
-        if not restart and (self.out_dir / "last.pt").exists():
-            self._resume(client)
+        state = None if restart else self._saved_state(strict=not restart_if_changed)
+        if state is not None:
+            self._resume(client, state)
         else:
+            for stale in self.out_dir.glob("*.pt"):  # e.g. 2.pt of an earlier 3-model stage
+                stale.unlink()
             self.parent_run_id = tracking.start_stage(
                 client, experiment_id, self.params, self.stage
             )
@@ -233,11 +241,24 @@ class Trainer:
                 log.info("%s.%d epoch %d/%d: %s", self.stage, m.index, epoch + 1,
                          self.params.train.epochs, shown)  # fmt: skip
             self._save(epoch + 1)
+            self._write_curves()
         for m in self.members:
             tracking.log_artifacts(client, m.run_id, [self.out_dir / f"{m.index}.pt"], "checkpoint")
             tracking.end_run(client, m.run_id)
         tracking.end_run(client, self.parent_run_id)
         return [m.history[-1] for m in self.members]
+
+    def _write_curves(self) -> None:
+        """plots/<stage>/curves/<k>.csv: one row per epoch (DVC plots; `/` in names -> `_`)."""
+        for m in self.members:
+            keys = list(dict.fromkeys(k for row in m.history for k in row))
+            lines = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
+            for epoch, row in enumerate(m.history, start=1):
+                lines.append(
+                    ",".join([str(epoch), *(f"{row.get(k, float('nan')):.6g}" for k in keys)])
+                )
+            path = self.params.paths.plots / self.stage / "curves" / f"{m.index}.csv"
+            fsio.atomic_write_text(path, "\n".join(lines) + "\n")
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes this stage's training (resume must match it)."""
@@ -246,6 +267,12 @@ class Trainer:
         )
         del data["loader"]["workers"]  # samples do not depend on it (see mml/data/dataset.py)
         data["stage"] = self.cfg.model_dump(mode="json")
+        refs = {m.init for m in self.cfg.models if m.init not in ("scratch", "imagenet")}
+        if self.cfg.teacher:
+            refs.add(self.cfg.teacher)
+        data["sources"] = {  # the checkpoints this stage starts from or learns from
+            ref: _file_hash(model_path(self.params.paths.checkpoints, ref)) for ref in sorted(refs)
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def _save(self, epochs_done: int) -> None:
@@ -272,14 +299,24 @@ class Trainer:
             ],
         })  # fmt: skip
 
-    def _resume(self, client) -> None:
+    def _saved_state(self, *, strict: bool) -> dict | None:
+        """last.pt's content if it exists and was written by this exact configuration."""
         path = self.out_dir / "last.pt"
+        if not path.exists():
+            return None
         state = checkpoint.load(path)
-        if state.get("fingerprint") != self.fingerprint():
+        if state.get("fingerprint") == self.fingerprint():
+            return state
+        if strict:
             raise checkpoint.CheckpointError(
-                f"{path} was written with other params for stage {self.stage!r}; "
-                "pass --restart to train from scratch (the old checkpoint is replaced)."
+                f"{path} was written with other params (or init/teacher checkpoints) for stage "
+                f"{self.stage!r}; pass --restart to train from scratch (the old checkpoint is "
+                "replaced)."
             )
+        log.info("%s: inputs changed since %s was written; starting over", self.stage, path)
+        return None
+
+    def _resume(self, client, state: dict) -> None:
         self.start_epoch = state["epoch"]
         self.parent_run_id = state["parent_run_id"]
         for m, saved in zip(self.members, state["members"], strict=True):
@@ -288,7 +325,7 @@ class Trainer:
             m.run_id, m.history = saved["run_id"], list(saved["history"])
         for run_id in [self.parent_run_id, *(m.run_id for m in self.members)]:
             tracking.resume_run(client, run_id)
-        log.info("%s: resuming after epoch %d from %s", self.stage, self.start_epoch, path)
+        log.info("%s: resuming after epoch %d from last.pt", self.stage, self.start_epoch)
 
 
 def make_optimizer(
@@ -331,11 +368,11 @@ def _load_teacher(
     checkpoints: Path, ref: str, num_classes: int, stage: str
 ) -> tuple[torch.nn.Module, str]:
     """The frozen MARS/D3D teacher `<stage>.<k>`: eval mode, no gradients; and its modality."""
-    source, k = ref.rsplit(".", 1)
-    path = checkpoints / source / f"{k}.pt"
+    path = model_path(checkpoints, ref)
     if not path.exists():
         raise ConfigError(
-            f"stages.{stage}.teacher={ref!r}: {path} does not exist; train stage {source!r} first."
+            f"stages.{stage}.teacher={ref!r}: {path} does not exist; "
+            f"train stage {ref.rsplit('.', 1)[0]!r} first."
         )
     model, meta = model_from_checkpoint(path)
     if meta["num_classes"] != num_classes:
@@ -347,6 +384,22 @@ def _load_teacher(
     return model.eval(), meta["modality"]
 
 
-def train_stage(params: Params, stage: str, *, restart: bool = False, show_progress: bool = True):
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def train_stage(
+    params: Params,
+    stage: str,
+    *,
+    restart: bool = False,
+    restart_if_changed: bool = False,
+    show_progress: bool = True,
+) -> list[dict]:
     """Train `stage` (resume when possible) and return the final per-model metrics."""
-    return Trainer(params, stage, show_progress=show_progress).run(restart=restart)
+    trainer = Trainer(params, stage, show_progress=show_progress)
+    return trainer.run(restart=restart, restart_if_changed=restart_if_changed)

@@ -64,7 +64,10 @@ def test_train_and_evaluate_track_everything(project):
     assert len(report["0"]["per_class_top1"]) == 4
     npz = np.load(project / "predictions/rgb_ce/0.npz")
     assert npz["scores"].shape == (8, 4) and np.allclose(npz["scores"].sum(1), 1, atol=1e-5)
-    assert (project / "plots/rgb_ce/confusion_0.png").stat().st_size > 1000
+    assert (project / "plots/rgb_ce/eval/confusion_0.png").stat().st_size > 1000
+    curves = (project / "plots/rgb_ce/curves/0.csv").read_text().splitlines()
+    assert curves[0].startswith("epoch,train_loss_ce,") and "val_top1" in curves[0]
+    assert [line.split(",")[0] for line in curves[1:]] == ["1", "2"]
     child = client.get_run(child.info.run_id)
     assert child.data.metrics["test/top1"] == pytest.approx(report["0"]["top1"])
     names = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
@@ -109,10 +112,21 @@ def test_interrupted_training_resumes_to_the_same_result(project, monkeypatch, t
     assert len(parents) == 2  # the uninterrupted run and the interrupted + resumed one
 
 
-def test_resume_refuses_other_params(project):
+def test_resume_refuses_other_params_unless_told_to_restart(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    params["stages"]["next"] = {"method": "ce", "models": [{"init": "rgb_ce.0"}]}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     mml("train", "rgb_ce")
-    result = runner.invoke(app, ["train", "rgb_ce", "-q", "-S", "train.epochs=3"])
+    result = runner.invoke(app, ["train", "rgb_ce", "-q", "-S", "train.epochs=2"])
     assert result.exit_code == 2 and "--restart" in result.output
+    mml("train", "rgb_ce", "-S", "train.epochs=2", "--restart-if-changed")  # what DVC runs
+    assert torch.load(project / "checkpoints/rgb_ce/last.pt", weights_only=True)["epoch"] == 2
+    # a stage's inputs include the checkpoints it starts from: retraining them invalidates it
+    mml("train", "next", "-S", "train.epochs=2")
+    mml("train", "rgb_ce", "-S", "train.epochs=2", "--restart")
+    result = runner.invoke(app, ["train", "next", "-q", "-S", "train.epochs=2"])
+    assert result.exit_code == 2 and "init/teacher checkpoints" in result.output
 
 
 def test_broken_video_is_reported_and_skipped(project, tiny_dataset, tmp_path):
