@@ -214,6 +214,52 @@ def evaluate(
     _run(action)
 
 
+@app.command("ensemble")
+def ensemble(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rank ensembles of ensemble.candidates (probability averaging): metrics/ensembles.json."""
+
+    def action() -> None:
+        from mml.ensemble import run_ensembles
+
+        report = run_ensembles(_params(params, overrides))
+        best, key = report["best"], report["metric"]
+        typer.echo(f"{len(report['ensembles'])} ensembles; best {' + '.join(best['members'])}: "
+                   f"{key} {best[key]:.2f}")  # fmt: skip
+
+    _run(action)
+
+
+@app.command("report")
+def report(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    out: Annotated[Path, typer.Option(help="directory for summary.md / summary.json")] = Path(
+        "reports"
+    ),
+    also: Annotated[
+        list[Path] | None,
+        typer.Option(help="metrics directory of another run (e.g. another seed); repeatable"),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The paper's tables for this pipeline, from the metrics files: reports/summary.md."""
+
+    def action() -> None:
+        from mml.report import write_report
+
+        data = write_report(_params(params, overrides), out, list(also or []))
+        rows = sum(len(s["rows"]) for s in data["sections"])
+        typer.echo(
+            f"wrote {out / 'summary.md'} ({rows} models, {len(data['ensembles'])} ensembles)"
+        )
+
+    _run(action)
+
+
 def main() -> None:
     app(prog_name="mml")
 

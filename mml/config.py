@@ -153,6 +153,27 @@ class EvalConfig(Section):
         return self
 
 
+class EnsembleConfig(Section):
+    candidates: tuple[str, ...] = Field((), description="'<stage>.<k>' models to combine")
+    sizes: tuple[int, ...] = (2, 3)
+    distinct_modalities: bool = Field(True, description="one model per modality (paper App. 3)")
+
+    @field_validator("candidates")
+    @classmethod
+    def _refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [r for r in v if not MODEL_REF.match(r)]
+        if bad:
+            raise ValueError(f"candidates must look like '<stage>.<k>', got {bad}")
+        return v
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 2:
+            raise ValueError(f"ensemble sizes must be >= 2, got {list(v)}")
+        return v
+
+
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlruns")
     experiment: str | None = Field(None, description="None: mml-<dataset.name>")
@@ -242,6 +263,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     tracking: TrackingConfig = TrackingConfig()
     paths: PathsConfig = PathsConfig()
     stages: dict[str, StageConfig] = Field(default_factory=dict)

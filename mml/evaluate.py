@@ -174,7 +174,7 @@ def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Predicti
     metrics = summarize(pred.scores, pred.targets, multilabel)
     entry: dict = {"modality": meta["modality"], "init": meta.get("init", ""), **metrics}
     npz = params.paths.predictions / stage / f"{k}.npz"
-    atomic_write(npz, lambda tmp: _save_npz(tmp, pred, classes))
+    atomic_write(npz, lambda tmp: _save_npz(tmp, pred, classes, meta["modality"]))
     artifacts = [npz]
     if not multilabel:
         per_class = per_class_accuracy(pred.scores, pred.targets, len(classes))
@@ -190,10 +190,11 @@ def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Predicti
     return entry
 
 
-def _save_npz(path: Path, pred: Prediction, classes: Sequence[str]) -> None:
+def _save_npz(path: Path, pred: Prediction, classes: Sequence[str], modality: str) -> None:
     with open(path, "wb") as f:
         np.savez_compressed(f, scores=pred.scores, targets=pred.targets,
-                            ids=np.array(pred.ids), classes=np.array(list(classes)))  # fmt: skip
+                            ids=np.array(pred.ids), classes=np.array(list(classes)),
+                            modality=np.array(modality))  # fmt: skip
 
 
 def _finite(value: float) -> float | None:
