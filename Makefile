@@ -13,10 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# dvc.yaml's stages call `mml`: the venv's bin goes first on PATH.
 run: install
-	$(BIN)/mml data synth
-	$(BIN)/mml train rgb_ce
-	$(BIN)/mml evaluate rgb_ce
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -28,6 +27,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/flow.py
 
 clean:
-	rm -rf data checkpoints metrics predictions plots mlruns
+	rm -rf data checkpoints metrics predictions plots reports mlruns dvc.lock

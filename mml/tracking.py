@@ -75,14 +75,21 @@ def git_commit() -> str:
     return f"{head}-dirty" if dirty else head
 
 
-def start_stage(client: MlflowClient, experiment_id: str, params: Params, stage: str) -> str:
-    """Create the parent run of a stage and log its flattened params; returns its id."""
+def start_stage(
+    client: MlflowClient, experiment_id: str, params: Params, stage: str, params_hash: str = ""
+) -> str:
+    """Create the parent run of a stage and log its flattened params; returns its id.
+
+    `params_hash` identifies everything the stage's training depends on (its params and the
+    checkpoints it starts from): equal hashes, equal inputs.
+    """
     cfg = params.stage(stage)
     tags = {
         "stage": stage,
         "method": cfg.method,
         "dataset": params.dataset.name,
         "git_commit": git_commit(),
+        "params_hash": params_hash,
         "mml.role": "stage",
     }
     if cfg.teacher:
@@ -109,6 +116,7 @@ def start_model(
     stage: str,
     index: int,
     parent_run_id: str,
+    params_hash: str = "",
 ) -> str:
     """Create the nested run of model `index` of a stage, tagged for comparison in the UI."""
     cfg = params.stage(stage)
@@ -123,6 +131,7 @@ def start_model(
         "peers": ",".join(peers) if cfg.method != "ce" else "",
         "dataset": params.dataset.name,
         "git_commit": git_commit(),
+        "params_hash": params_hash,
         "model_index": str(index),
         "mml.role": "model",
     }

@@ -220,15 +220,17 @@ class Trainer:
         if state is not None:
             self._resume(client, state)
         else:
+            digest = self.fingerprint()
             for stale in self.out_dir.glob("*.pt"):  # e.g. 2.pt of an earlier 3-model stage
                 stale.unlink()
             self.parent_run_id = tracking.start_stage(
-                client, experiment_id, self.params, self.stage
+                client, experiment_id, self.params, self.stage, params_hash=digest
             )
             for m in self.members:
                 m.run_id = tracking.start_model(
-                    client, experiment_id, self.params, self.stage, m.index, self.parent_run_id
-                )
+                    client, experiment_id, self.params, self.stage, m.index, self.parent_run_id,
+                    params_hash=digest,
+                )  # fmt: skip
         for epoch in range(self.start_epoch, self.params.train.epochs):
             train_stats, skipped = self.train_epoch(epoch)
             val_stats, val_skipped = self.validate()

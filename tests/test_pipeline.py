@@ -48,6 +48,8 @@ def test_train_and_evaluate_track_everything(project):
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     for tag in ("stage", "method", "modality", "init", "peers", "dataset", "git_commit"):
         assert tag in child.data.tags
+    assert len(child.data.tags["params_hash"]) == 16
+    assert child.data.tags["params_hash"] == parent.data.tags["params_hash"]
     assert child.data.tags["modality"] == "rgb" and child.data.tags["init"] == "scratch"
     assert child.data.params["train.epochs"] == "2" and child.data.params["clip.segments"] == "4"
     history = client.get_metric_history(child.info.run_id, "val/top1")

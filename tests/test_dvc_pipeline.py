@@ -1,0 +1,167 @@
+"""The real `dvc repro` of the repository's dvc.yaml, on a tiny config, in a temp git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mml.data import synth_charades
+from mml.data.synth import SynthSpec, generate
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "synth": {"num_classes": 3, "train_per_class": 3, "val_per_class": 2, "frames": [8, 10],
+              "height": 32, "width": 32},
+    "clip": {"segments": 2, "scale_size": 32, "crop_size": 28},
+    "loader": {"batch_size": 4, "workers": 0},
+    "cache": {"flow_algorithm": "dis"},
+    "train": {"epochs": 1},
+    "evaluate": {"batch_size": 4},
+}  # fmt: skip
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store: sqlite:///mlruns/mlflow.db
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def tiny_params(path: Path, **sections) -> None:
+    """Shrink a params file: tiny sizes, 1 epoch everywhere, no ImageNet weights (offline)."""
+    params = yaml.safe_load(path.read_text())
+    for section, values in {**TINY, **sections}.items():
+        params[section].update(values)
+    for stage in params["stages"].values():
+        if "train.epochs" in stage.get("overrides", {}):  # fine-tuning stages' own epochs
+            stage["overrides"]["train.epochs"] = 1
+        for model in stage["models"]:
+            if model.get("init") == "imagenet":
+                model["init"] = "scratch"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def commit(repo: Path, message: str) -> None:
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=repo)
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message, cwd=repo)
+
+
+def clone(root: Path) -> Path:
+    """The repository's files (tracked ones plus the working copies of the pipeline files)."""
+    tracked = run("git", "ls-files", cwd=REPO).stdout.split()
+    extra = [
+        "dvc.yaml",
+        "params.yaml",
+        *(str(p.relative_to(REPO)) for p in (REPO / "pipelines").rglob("*.yaml")),
+    ]
+    for name in tracked + extra:
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    run("git", "init", "-q", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    """A fresh clone of the repository with tiny params, after `dvc repro`."""
+    repo = clone(tmp_path_factory.mktemp("clone"))
+    tiny_params(repo / "params.yaml")
+    commit(repo, "tiny")
+    run("dvc", "repro", cwd=repo)
+    return repo
+
+
+def test_repro_runs_every_stage_and_tracks_them(pipeline):
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    for stage, cfg in params["stages"].items():
+        assert len(list((pipeline / "checkpoints" / stage).glob("[0-9].pt"))) == len(cfg["models"])
+        metrics = json.loads((pipeline / "metrics" / f"{stage}.json").read_text())
+        assert 0 <= metrics["0"]["top1"] <= 100
+        assert (pipeline / "plots" / stage / "curves" / "0.csv").exists()
+    ensembles = json.loads((pipeline / "metrics/ensembles.json").read_text())
+    assert {len(e["members"]) for e in ensembles["ensembles"]} == {2, 3}
+    summary = (pipeline / "reports/summary.md").read_text()
+    for title in ("Tab. 1", "MARS and D3D", "Mutual Learning", "Mutual Modality Learning",
+                  "Ensembles"):  # fmt: skip
+        assert title in summary
+    client = MlflowClient(f"sqlite:///{pipeline / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mml-synthetic")
+    parents = client.search_runs([exp.experiment_id], "tags.`mml.role` = 'stage'")
+    assert {r.data.tags["stage"] for r in parents} == set(params["stages"])
+    head = run("git", "rev-parse", "HEAD", cwd=pipeline).stdout.strip()
+    assert all(r.data.tags["git_commit"].startswith(head) for r in parents)
+    assert all(len(r.data.tags["params_hash"]) == 16 for r in parents)
+    roles = client.search_runs([exp.experiment_id], "tags.`mml.role` = 'report'")
+    assert len(roles) == 1
+
+
+def test_second_repro_does_nothing_and_metrics_show(pipeline):
+    again = run("dvc", "repro", cwd=pipeline)
+    assert "didn't change" in again.stdout and "Running stage" not in again.stdout
+    shown = run("dvc", "metrics", "show", cwd=pipeline).stdout
+    assert "metrics/rgb_ce.json" in shown and "metrics/ensembles.json" in shown
+
+
+def test_a_stage_param_change_reruns_only_that_stage_and_its_dependents(pipeline):
+    params_file = pipeline / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["stages"]["d3d"]["distill_weight"] = 0.5
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run("dvc", "status", "--json", cwd=pipeline).stdout)
+    assert set(status) == {"train@d3d", "evaluate@d3d", "report"}
+    run("dvc", "repro", cwd=pipeline)
+    assert json.loads(run("dvc", "status", "--json", cwd=pipeline).stdout) == {}
+
+
+def test_dvc_exp_run_sets_a_stage_param(pipeline):
+    result = run("dvc", "exp", "run", "-S", "stages.mml.kl_weight=0.5", cwd=pipeline)
+    assert "train@mml" in result.stdout and "train@rgb_ce" not in result.stdout
+    shown = run("dvc", "exp", "show", "--json", cwd=pipeline).stdout
+    assert "0.5" in shown
+
+
+TINY_SPEC = SynthSpec(seed=4, train_per_class=2, val_per_class=1, frames=(8, 10), height=32,
+                      width=32, num_classes=3)  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", ["ssv2", "charades"])
+def test_real_dataset_pipeline_on_a_stand_in_in_its_format(tmp_path, dataset):
+    """pipelines/<dataset>: data placed and `dvc add`ed as README says, then `dvc repro`."""
+    repo = clone(tmp_path)
+    here = repo / "pipelines" / dataset
+    tiny_params(here / "params.yaml", loader={"batch_size": 4, "workers": 0})
+    raw = here / "data" / "raw" / dataset
+    if dataset == "ssv2":  # labels.json, train.json, validation.json, videos/<id>.webm
+        generate(raw, TINY_SPEC)
+    else:  # Charades CSVs, Charades_v1_480/<id>.mp4
+        synth_charades.generate(raw, replace(TINY_SPEC, codec="h264"), actions=(1, 2))
+        (raw / "videos").rename(raw / "Charades_v1_480")
+    run("dvc", "add", f"data/raw/{dataset}", cwd=here)
+    commit(repo, f"{dataset} stand-in")
+    run("dvc", "repro", f"pipelines/{dataset}/dvc.yaml", cwd=repo)
+    params = yaml.safe_load((here / "params.yaml").read_text())
+    key = "mAP" if dataset == "charades" else "top1"
+    for stage in params["stages"]:
+        metrics = json.loads((here / "metrics" / f"{stage}.json").read_text())
+        assert 0 <= metrics["0"][key] <= 100
+    assert "| model |" in (here / "reports/summary.md").read_text()
+    client = MlflowClient(f"sqlite:///{here / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(f"mml-{dataset}")
+    parents = client.search_runs([exp.experiment_id], "tags.`mml.role` = 'stage'")
+    assert {r.data.tags["stage"] for r in parents} == set(params["stages"])
+    assert "didn't change" in run("dvc", "repro", f"pipelines/{dataset}/dvc.yaml", cwd=repo).stdout
