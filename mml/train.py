@@ -1,6 +1,6 @@
 """Training of a stage: M models, one loader, one step; per-epoch validation, checkpoints, resume.
 
-`Trainer.step` is the whole method on one screen: forward every model on its modality of
+`JointStep` is the whole method on one screen: forward every model on its modality of
 the same clips, task loss (+ w * mutual KL to the detached peers for ML/MML, + the MSE to a
 frozen teacher's features (MARS) or logits (D3D)), one backward, every optimizer steps.
 Everything random is seeded from (seed, epoch), so a run interrupted after any epoch and
