@@ -115,6 +115,9 @@ def test_second_repro_does_nothing_and_metrics_show(pipeline):
     assert "didn't change" in again.stdout and "Running stage" not in again.stdout
     shown = run("dvc", "metrics", "show", cwd=pipeline).stdout
     assert "metrics/rgb_ce.json" in shown and "metrics/ensembles.json" in shown
+    run("dvc", "plots", "show", "-o", "rendered", cwd=pipeline)
+    html = (pipeline / "rendered" / "index.html").read_text()
+    assert "plots/mml/curves/0.csv" in html and "confusion_0.png" in html
 
 
 def test_a_stage_param_change_reruns_only_that_stage_and_its_dependents(pipeline):
