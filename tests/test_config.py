@@ -18,10 +18,20 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_repository_params_are_valid():
-    params = load_params(ROOT / "params.yaml")
+@pytest.mark.parametrize(
+    ("path", "stride"),
+    [
+        ("params.yaml", 8),  # 32 // T with T = 4
+        ("pipelines/ssv2/params.yaml", 4),  # 32 // 8, the authors' dense stride
+        ("pipelines/charades/params.yaml", 8),  # I3D 8x8
+    ],
+)
+def test_repository_params_are_valid(path, stride):
+    params = load_params(ROOT / path)
     assert params.stage("rgb_ce").method == "ce"
-    assert params.clip.stride == 4  # 32 // 8, the authors' dense stride
+    assert params.clip.stride == stride
+    for name in params.stages:  # every stage's overrides apply and validate
+        params.for_stage(name)
 
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
