@@ -52,7 +52,8 @@ def combine(members: list[Member]) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"{[m.ref for m in members]} were trained on different class lists")
     common = set(members[0].ids).intersection(*(m.ids for m in members[1:]))
     order = sorted(common)
-    rows = [np.array([m.ids.index(i) for i in order], dtype=np.int64) for m in members]
+    positions = [{video: row for row, video in enumerate(m.ids)} for m in members]
+    rows = [np.array([p[i] for i in order], dtype=np.int64) for p in positions]
     scores = np.mean([m.scores[r] for m, r in zip(members, rows, strict=True)], axis=0)
     return scores, members[0].targets[rows[0]]
 

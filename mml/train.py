@@ -132,8 +132,9 @@ class Trainer:
             self.train_ann, self.params.clip, train=True, seed=self.params.seed,
             modalities=modalities, caches=caches,
         )  # fmt: skip
+        own = sorted({m.modality for m in self.cfg.models})  # the teacher is not validated
         self.val_set = VideoClips(
-            self.val_ann, self.params.clip, train=False, modalities=modalities, caches=caches
+            self.val_ann, self.params.clip, train=False, modalities=own, caches=caches
         )
         self.members = [self._member(k) for k in range(len(self.cfg.models))]
         self.joint = JointStep(
