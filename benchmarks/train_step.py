@@ -59,7 +59,8 @@ def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> 
     from mml.config import StageConfig, load_params
     from mml.data.dataset import Batch
     from mml.models import MODALITY_CHANNELS, build_model
-    from mml.train import JointStep, Member, make_optimizer
+    from mml.stage_setup import make_optimizer
+    from mml.train import JointStep, Member
 
     params = load_params(params_path, overrides)
     method, names = spec.split(":")

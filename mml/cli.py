@@ -177,6 +177,9 @@ def train(
     restart_if_changed: Annotated[
         bool, typer.Option(help="resume if last.pt matches the params, else start over (DVC)")
     ] = False,
+    tuned: Annotated[
+        bool, typer.Option(help="apply the values `mml tune STAGE` wrote to tuned/STAGE.yaml")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train every model of STAGE (resumes from checkpoints/STAGE/last.pt)."""
@@ -184,7 +187,12 @@ def train(
     def action() -> None:
         from mml.train import train_stage
 
-        final = train_stage(_params(params, overrides), stage, restart=restart,
+        p = _params(params, overrides)
+        if tuned:
+            from mml.tune import with_tuned
+
+            p = with_tuned(p, stage)
+        final = train_stage(p, stage, restart=restart,
                             restart_if_changed=restart_if_changed,
                             show_progress=not quiet)  # fmt: skip
         for k, metrics in enumerate(final):
@@ -229,6 +237,43 @@ def ensemble(
         best, key = report["best"], report["metric"]
         typer.echo(f"{len(report['ensembles'])} ensembles; best {' + '.join(best['members'])}: "
                    f"{key} {best[key]:.2f}")  # fmt: skip
+
+    _run(action)
+
+
+@app.command("tune")
+def tune(
+    stage: Annotated[str, typer.Argument(help="a stage under 'stages:' in params")],
+    trials: Annotated[
+        int | None, typer.Option(help="trials of the whole study (default tune.trials)")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL or journal file (default tune.storage / optuna/)"),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Optuna search over tune.space for STAGE; best values to tuned/STAGE.yaml.
+
+    Start it in several shells (or hosts, with a database URL) to run trials in parallel.
+    """
+
+    def action() -> None:
+        from mml.tune import tune_stage
+
+        result = tune_stage(_params(params, overrides), stage, trials=trials, storage=storage,
+                            show_progress=not quiet)  # fmt: skip
+        states = ", ".join(f"{n.lower()} {c}" for n, c in sorted(result.trials.items()))
+        typer.echo(f"study {result.study} ({result.storage}): ran {result.ran} here; {states}")
+        if result.tuned_file is None:
+            typer.echo("no trial completed yet; nothing written")
+            return
+        if result.best_value is None:
+            typer.echo(f"tuning is off (tune.trials: 0); {result.tuned_file} kept")
+            return
+        typer.echo(f"best {result.best_value:.2f} with {result.best_params} -> {result.tuned_file}")
 
     _run(action)
 

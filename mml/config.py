@@ -174,6 +174,95 @@ class EnsembleConfig(Section):
         return v
 
 
+class SearchParam(Section):
+    """One dimension of an Optuna search space: a float/int range or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchParam:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either choices (non-empty) or low and high, not both")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"need low < high (or choices), got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class PrunerConfig(Section):
+    startup_trials: int = Field(2, ge=0, description="trials never pruned (median needs some)")
+    warmup_epochs: int = Field(1, ge=0, description="epochs of a trial never pruned")
+
+
+class TuneConfig(Section):
+    trials: int = Field(
+        8, ge=0, description="total trials of the study (all workers together); 0: tuning off"
+    )
+    seed: int = 0
+    storage: str | None = Field(
+        None, description="SQLAlchemy URL (shared), or a journal file path; None: optuna/<dataset>"
+    )
+    epochs: int | None = Field(None, ge=1, description="epochs per trial; None: the stage's own")
+    objective: Literal["first", "mean"] = Field(
+        "first", description="val metric of model 0 (MML: the RGB model) or mean of the models"
+    )
+    pruner: PrunerConfig = PrunerConfig()
+    space: dict[str, SearchParam] = Field(
+        default_factory=lambda: {
+            "stage.kl_weight": SearchParam(low=0.25, high=4.0, log=True),
+            "clip.mix": SearchParam(low=0.0, high=1.0),
+            "train.lr": SearchParam(low=0.001, high=0.01, log=True),
+        },
+        description="'stage.<field>' for the stage's own settings, else a dotted params key",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, v: dict[str, SearchParam]) -> dict[str, SearchParam]:
+        for key in v:
+            if key.startswith("stage."):
+                name = key.removeprefix("stage.")
+                if name not in TUNABLE_STAGE_FIELDS:
+                    raise ValueError(f"{key!r}: tunable stage fields are {TUNABLE_STAGE_FIELDS}")
+            elif key != "seed" and (
+                key.split(".")[0] not in OVERRIDABLE_SECTIONS or "." not in key
+            ):
+                raise ValueError(
+                    f"{key!r}: expected 'stage.<field>' or '<section>.<key>' with a section "
+                    f"in {OVERRIDABLE_SECTIONS}"
+                )
+        return v
+
+
+TUNABLE_STAGE_FIELDS = ("kl_weight", "distill_weight")
+OVERRIDABLE_SECTIONS = ("clip", "loader", "model", "train", "evaluate")  # "<section>.<key>"
+
+
+class PromoteConfig(Section):
+    rgb_candidates: tuple[str, ...] = Field(
+        (), description="'<stage>.<k>' RGB models to choose from; empty: every evaluated one"
+    )
+    ensemble: Literal["best", "greedy"] = Field(
+        "best", description="the top-ranked ensemble of metrics/ensembles.json, or greedy's"
+    )
+    timing_videos: int = Field(4, ge=1, description="val videos timed for CPU ms/video")
+
+    @field_validator("rgb_candidates")
+    @classmethod
+    def _refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [r for r in v if not MODEL_REF.match(r)]
+        if bad:
+            raise ValueError(f"candidates must look like '<stage>.<k>', got {bad}")
+        return v
+
+
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlruns")
     experiment: str | None = Field(None, description="None: mml-<dataset.name>")
@@ -184,6 +273,8 @@ class PathsConfig(Section):
     metrics: Path = Path("metrics")
     predictions: Path = Path("predictions")
     plots: Path = Path("plots")
+    tuned: Path = Path("tuned")
+    optuna: Path = Path("optuna")
 
 
 class ModelSpec(Section):
@@ -264,6 +355,8 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    tune: TuneConfig = TuneConfig()
+    promote: PromoteConfig = PromoteConfig()
     tracking: TrackingConfig = TrackingConfig()
     paths: PathsConfig = PathsConfig()
     stages: dict[str, StageConfig] = Field(default_factory=dict)
@@ -285,6 +378,23 @@ class Params(Section):
             _set_dotted(raw, key, value, f"stages.{name}.overrides")
         raw["source"] = self.source
         return _validate(raw, f"{self.source} (stages.{name}.overrides)")
+
+    def with_stage_values(self, name: str, values: dict[str, Any], where: str) -> Params:
+        """These params with `values` set on stage `name` (validated; errors name `where`).
+
+        A key `stage.<field>` sets the stage's own field (e.g. its KL weight); any other
+        dotted key becomes one of the stage's `overrides` (e.g. `train.lr`).
+        """
+        self.stage(name)
+        raw = self.model_dump(mode="json")
+        stage = raw["stages"][name]
+        for key, value in values.items():
+            if key.startswith("stage."):
+                stage[key.removeprefix("stage.")] = value
+            else:
+                stage.setdefault("overrides", {})[key] = value
+        raw["source"] = self.source
+        return _validate(raw, where)
 
     def flat(self) -> dict[str, Any]:
         """All params as a flat {dotted.key: value} dict (for MLflow)."""

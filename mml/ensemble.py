@@ -1,9 +1,11 @@
 """Ensembles: average the class probabilities of models of different stages (paper App. 3).
 
 `run_ensembles` reads the validation predictions that `mml evaluate` wrote
-(predictions/<stage>/<k>.npz), scores every combination of `ensemble.candidates` of the sizes
-in `ensemble.sizes` (one model per modality unless told otherwise), ranks them, and writes
-metrics/ensembles.json and plots/ensembles.png; both are logged to an MLflow run.
+(predictions/<stage>/<k>.npz) of `ensemble.candidates` (empty: every evaluated model), scores
+every combination of the sizes in `ensemble.sizes` (one model per modality unless told
+otherwise), ranks them, runs a greedy forward selection, and writes metrics/ensembles.json,
+the paper Tab. 13 style table metrics/ensembles.md and plots/ensembles.png; all three are
+logged to an MLflow run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Member:
 
 
 def load_member(predictions: Path, ref: str) -> Member:
+    """The predictions of model `ref` ('<stage>.<k>') from predictions/<stage>/<k>.npz."""
     stage, k = ref.rsplit(".", 1)
     path = Path(predictions) / stage / f"{k}.npz"
     if not path.exists():
@@ -43,6 +46,13 @@ def load_member(predictions: Path, ref: str) -> Member:
         modality = str(npz["modality"]) if "modality" in npz else "?"
         return Member(ref, modality, npz["scores"], npz["targets"],
                       tuple(npz["ids"].tolist()), tuple(npz["classes"].tolist()))  # fmt: skip
+
+
+def discover_candidates(predictions: Path) -> list[str]:
+    """Every evaluated model: the refs '<stage>.<k>' of predictions/<stage>/<k>.npz, sorted."""
+    found = [(p.parent.name, int(p.stem)) for p in Path(predictions).glob("*/*.npz")
+             if p.stem.isdigit()]  # fmt: skip
+    return [f"{stage}.{k}" for stage, k in sorted(found)]
 
 
 def combine(members: list[Member]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,45 +68,120 @@ def combine(members: list[Member]) -> tuple[np.ndarray, np.ndarray]:
     return scores, members[0].targets[rows[0]]
 
 
+def score_combinations(
+    members: list[Member], sizes: tuple[int, ...], distinct_modalities: bool, multilabel: bool
+) -> list[dict]:
+    """Every allowed combination of `members` of each size, with its metrics (unranked)."""
+    results = []
+    for size in sorted(set(sizes)):
+        for group in itertools.combinations(members, size):
+            modalities = [m.modality for m in group]
+            if distinct_modalities and len(set(modalities)) < size:
+                continue
+            scores, targets = combine(list(group))
+            metrics = summarize(scores, targets, multilabel)
+            results.append({"members": [m.ref for m in group], "modalities": modalities,
+                            "videos": len(targets), **metrics})  # fmt: skip
+    return results
+
+
+def greedy_selection(
+    members: list[Member], key: str, multilabel: bool, distinct_modalities: bool, max_size: int
+) -> list[dict]:
+    """Greedy forward selection: the best single model, then the best addition while it helps.
+
+    Each step adds the member whose addition gives the best ensemble `key` (ties: the smaller
+    ref); selection stops when no addition strictly improves it or at `max_size` members.
+    Returns the steps: {"members", "added", <metrics>}, the first being the best single model.
+    """
+    steps: list[dict] = []
+    chosen: list[Member] = []
+    while len(chosen) < max_size:
+        taken, used = {m.ref for m in chosen}, {m.modality for m in chosen}
+        options = [m for m in members if m.ref not in taken]
+        if distinct_modalities:
+            options = [m for m in options if m.modality not in used]
+        if not options:
+            break
+        trials = [(summarize(*combine([*chosen, m]), multilabel), m) for m in options]
+        metrics, best = min(trials, key=lambda t: (-t[0][key], t[1].ref))
+        if steps and metrics[key] <= steps[-1][key]:
+            break
+        chosen.append(best)
+        steps.append({"members": [m.ref for m in chosen], "added": best.ref, **metrics})
+    return steps
+
+
 def run_ensembles(params: Params) -> dict:
     """Score, rank and report every allowed combination; returns the metrics/ensembles.json data."""
-    cfg = params.ensemble
-    if len(cfg.candidates) < 2:
-        raise ConfigError(f"{params.source}: ensemble.candidates needs at least two models.")
-    members = [load_member(params.paths.predictions, ref) for ref in cfg.candidates]
+    cfg, predictions = params.ensemble, params.paths.predictions
+    refs = list(cfg.candidates) or discover_candidates(predictions)
+    if len(refs) < 2:
+        where = (f"ensemble.candidates lists {refs}" if cfg.candidates else
+                 f"ensemble.candidates is empty (every evaluated model) and {predictions} holds "
+                 f"{refs or 'none'}")  # fmt: skip
+        raise ConfigError(f"{params.source}: an ensemble needs at least two models, but {where}; "
+                          "run `mml evaluate STAGE` first for the stages to combine.")  # fmt: skip
+    members = [load_member(predictions, ref) for ref in refs]
     multilabel = members[0].targets.ndim == 2
     key = "mAP" if multilabel else "top1"
     singles = {m.ref: {"modality": m.modality, **summarize(m.scores, m.targets, multilabel)}
                for m in members}  # fmt: skip
-    results = []
-    for size in sorted(set(cfg.sizes)):
-        for group in itertools.combinations(members, size):
-            modalities = [m.modality for m in group]
-            if cfg.distinct_modalities and len(set(modalities)) < size:
-                continue
-            scores, targets = combine(list(group))
-            results.append(
-                {
-                    "members": [m.ref for m in group],
-                    "modalities": modalities,
-                    "videos": len(targets),
-                    **summarize(scores, targets, multilabel),
-                }
-            )
+    results = score_combinations(members, cfg.sizes, cfg.distinct_modalities, multilabel)
     if not results:
         raise ConfigError(
-            f"{params.source}: no ensemble of sizes {list(cfg.sizes)} from {list(cfg.candidates)}"
+            f"{params.source}: no ensemble of sizes {list(cfg.sizes)} from {refs}"
             + (" with distinct modalities" if cfg.distinct_modalities else "")
         )
     results.sort(key=lambda r: (-r[key], r["members"]))
+    greedy = greedy_selection(members, key, multilabel, cfg.distinct_modalities, max(cfg.sizes))
     report = {"fuse": "probs", "metric": key, "best": results[0], "singles": singles,
-              "ensembles": results}  # fmt: skip
-    out = params.paths.metrics / "ensembles.json"
+              "ensembles": results, "greedy": greedy, "greedy_best": greedy[-1]}  # fmt: skip
+    out, md = params.paths.metrics / "ensembles.json", params.paths.metrics / "ensembles.md"
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(md, ensembles_markdown(report))
     png = params.paths.plots / "ensembles.png"
     plot_ranking(results[:12], singles, key, png)
-    _track(params, report, [out, png])
+    _track(params, refs, report, [out, md, png])
     return report
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def ensembles_markdown(report: dict) -> str:
+    """Paper Tab. 13 style: single models, ranked ensembles with their gain, the greedy path."""
+    key, singles = report["metric"], report["singles"]
+    cols = ["mAP"] if key == "mAP" else ["top1", "top5"]
+
+    def metrics(row: dict) -> list[str]:
+        return [f"{row[c]:.2f}" for c in cols]
+
+    def names(refs: list[str]) -> str:
+        return " + ".join(f"`{r}`" for r in refs)
+
+    lines = ["# Ensembles: probability averaging (paper App. 3, Tab. 13)", "",
+             f"Validation split; ranked by {key}; gains are in points.", "",
+             "## Single models", "", _row(["model", "modality", *cols]),
+             "|---|---|" + "---|" * len(cols)]  # fmt: skip
+    for ref, s in sorted(singles.items(), key=lambda item: (-item[1][key], item[0])):
+        lines.append(_row([f"`{ref}`", s["modality"], *metrics(s)]))
+    lines += ["", "## Ensembles", "",
+              _row(["rank", "members", "modalities", *cols, "gain over best member"]),
+              "|---|---|---|" + "---|" * len(cols) + "---|"]  # fmt: skip
+    for rank, e in enumerate(report["ensembles"], 1):
+        gain = e[key] - max(singles[m][key] for m in e["members"])
+        cells = [str(rank), names(e["members"]), " + ".join(e["modalities"]), *metrics(e)]
+        lines.append(_row([*cells, f"{gain:+.2f}"]))
+    lines += ["", "## Greedy forward selection", "",
+              _row(["step", "added", "members", *cols, "gain over previous step"]),
+              "|---|---|---|" + "---|" * len(cols) + "---|"]  # fmt: skip
+    for i, step in enumerate(report["greedy"]):
+        gain = f"{step[key] - report['greedy'][i - 1][key]:+.2f}" if i else "–"
+        cells = [str(i + 1), f"`{step['added']}`", names(step["members"]), *metrics(step)]
+        lines.append(_row([*cells, gain]))
+    return "\n".join(lines) + "\n"
 
 
 def plot_ranking(results: list[dict], singles: dict, key: str, path: Path) -> None:
@@ -120,7 +205,7 @@ def plot_ranking(results: list[dict], singles: dict, key: str, path: Path) -> No
     plt.close(fig)
 
 
-def _track(params: Params, report: dict, artifacts: list[Path]) -> None:
+def _track(params: Params, refs: list[str], report: dict, artifacts: list[Path]) -> None:
     from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
@@ -129,10 +214,11 @@ def _track(params: Params, report: dict, artifacts: list[Path]) -> None:
     run = client.create_run(experiment_id, run_name="ensemble", tags=tags)
     run_id = run.info.run_id
     cfg = params.ensemble
-    tracking.log_params(client, run_id, {"ensemble.candidates": ",".join(cfg.candidates),
+    tracking.log_params(client, run_id, {"ensemble.candidates": ",".join(refs),
                                          "ensemble.sizes": list(cfg.sizes)})  # fmt: skip
-    best = report["best"]
-    tracking.log_metrics(client, run_id, {f"best/{report['metric']}": best[report["metric"]]})
+    best, greedy, key = report["best"], report["greedy_best"], report["metric"]
+    tracking.log_metrics(client, run_id, {f"best/{key}": best[key], f"greedy/{key}": greedy[key]})
     client.set_tag(run_id, "best_members", ",".join(best["members"]))
+    client.set_tag(run_id, "greedy_members", ",".join(greedy["members"]))
     tracking.log_artifacts(client, run_id, artifacts, "ensemble")
     tracking.end_run(client, run_id)

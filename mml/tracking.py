@@ -7,6 +7,8 @@ resumed training continues its own runs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import time
@@ -42,9 +44,10 @@ def client_and_experiment(params: Params) -> tuple[MlflowClient, str]:
 
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
-    name = experiment_name(params)
-    experiment = client.get_experiment_by_name(name)
+    with _store_init_lock(uri):  # several processes on a new sqlite store: one creates it
+        client = MlflowClient(tracking_uri=uri)
+        name = experiment_name(params)
+        experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return client, experiment.experiment_id
     location = None
@@ -58,6 +61,22 @@ def client_and_experiment(params: Params) -> tuple[MlflowClient, str]:
         if experiment is None:
             raise
         return client, experiment.experiment_id
+
+
+@contextlib.contextmanager
+def _store_init_lock(uri: str):
+    """Hold an exclusive file lock beside a sqlite store while MLflow creates its tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".init-lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def git_commit() -> str:
@@ -76,12 +95,21 @@ def git_commit() -> str:
 
 
 def start_stage(
-    client: MlflowClient, experiment_id: str, params: Params, stage: str, params_hash: str = ""
+    client: MlflowClient,
+    experiment_id: str,
+    params: Params,
+    stage: str,
+    params_hash: str = "",
+    *,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    run_name: str | None = None,
 ) -> str:
     """Create the parent run of a stage and log its flattened params; returns its id.
 
     `params_hash` identifies everything the stage's training depends on (its params and the
-    checkpoints it starts from): equal hashes, equal inputs.
+    checkpoints it starts from): equal hashes, equal inputs. `parent_run_id` nests the run
+    (a tuning trial under its study run), which gets `extra_tags` and `run_name`.
     """
     cfg = params.stage(stage)
     tags = {
@@ -94,7 +122,10 @@ def start_stage(
     }
     if cfg.teacher:
         tags["teacher"] = cfg.teacher
-    run = client.create_run(experiment_id, run_name=stage, tags=tags)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    tags.update(extra_tags or {})
+    run = client.create_run(experiment_id, run_name=run_name or stage, tags=tags)
     log_params(client, run.info.run_id, {**params.flat(), **stage_params(cfg)})
     return run.info.run_id
 

@@ -13,16 +13,18 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from mml import checkpoint, fsio, losses, tracking
-from mml.config import ConfigError, Params, StageConfig
+from mml.config import Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
-from mml.models.factory import build_model, model_from_checkpoint, model_meta, model_path
+from mml.models.factory import build_model, model_meta, model_path
 from mml.progress import progress_bar
+from mml.stage_setup import check_inits, load_teacher, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +112,31 @@ def _top1(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> floa
 class Trainer:
     """Trains every model of `stage` together; see the module docstring."""
 
-    def __init__(self, params: Params, stage: str, *, show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        params: Params,
+        stage: str,
+        *,
+        show_progress: bool = True,
+        out_dir: Path | None = None,
+    ) -> None:
         self.stage = stage
         self.cfg = params.stage(stage)
         self.params = params.for_stage(stage)
-        _check_inits(stage, self.cfg)
+        check_inits(stage, self.cfg)
         self.show_progress = show_progress
-        self.out_dir = self.params.paths.checkpoints / stage
+        # checkpoints (and curves) of this run; elsewhere than checkpoints/<stage> for tuning trials
+        self.out_dir = out_dir or self.params.paths.checkpoints / stage
+        self.curves_dir = (
+            out_dir / "curves" if out_dir else self.params.paths.plots / stage / "curves"
+        )
         self.train_ann = load_split(self.params.dataset, "train")
         self.val_ann = load_split(self.params.dataset, "val")
         self.multilabel = self.train_ann.multilabel
         self.num_classes = len(self.train_ann.classes)
         self.teacher, self.teacher_modality = None, ""
         if self.cfg.teacher:
-            self.teacher, self.teacher_modality = _load_teacher(
+            self.teacher, self.teacher_modality = load_teacher(
                 self.params.paths.checkpoints, self.cfg.teacher, self.num_classes, stage
             )
         modalities = sorted({m.modality for m in self.cfg.models} | {self.teacher_modality} - {""})
@@ -209,12 +222,23 @@ class Trainer:
         return t.lr * t.lr_decay ** sum(epoch >= s for s in t.lr_steps)
 
     # ---- the whole run ---------------------------------------------------------------------
-    def run(self, *, restart: bool = False, restart_if_changed: bool = False) -> list[dict]:
+    def run(
+        self,
+        *,
+        restart: bool = False,
+        restart_if_changed: bool = False,
+        on_epoch: Callable[[int, list[dict[str, float]]], None] | None = None,
+        parent_run_id: str | None = None,
+        run_tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> list[dict]:
         """Train to `train.epochs`; final metrics per model.
 
         Resumes from last.pt unless `restart`. A last.pt written with other params (or other
         init/teacher checkpoints) is an error, or with `restart_if_changed` (pipelines, where
-        a changed input means "run again") a fresh start.
+        a changed input means "run again") a fresh start. `on_epoch(epoch, per-model metrics)`
+        runs after every epoch (tuning reports to Optuna there, and may stop the run by
+        raising); `parent_run_id` nests the stage's MLflow run, which gets `run_tags`, `run_name`.
         """
         client, experiment_id = tracking.client_and_experiment(self.params)
         state = None if restart else self._saved_state(strict=not restart_if_changed)
@@ -225,8 +249,9 @@ class Trainer:
             for stale in self.out_dir.glob("*.pt"):  # e.g. 2.pt of an earlier 3-model stage
                 stale.unlink()
             self.parent_run_id = tracking.start_stage(
-                client, experiment_id, self.params, self.stage, params_hash=digest
-            )
+                client, experiment_id, self.params, self.stage, params_hash=digest,
+                parent_run_id=parent_run_id, extra_tags=run_tags, run_name=run_name,
+            )  # fmt: skip
             for m in self.members:
                 m.run_id = tracking.start_model(
                     client, experiment_id, self.params, self.stage, m.index, self.parent_run_id,
@@ -245,11 +270,18 @@ class Trainer:
                          self.params.train.epochs, shown)  # fmt: skip
             self._save(epoch + 1)
             self._write_curves()
+            if on_epoch is not None:
+                on_epoch(epoch, [m.history[-1] for m in self.members])
         for m in self.members:
             tracking.log_artifacts(client, m.run_id, [self.out_dir / f"{m.index}.pt"], "checkpoint")
-            tracking.end_run(client, m.run_id)
-        tracking.end_run(client, self.parent_run_id)
+        self.end_runs(client)
         return [m.history[-1] for m in self.members]
+
+    def end_runs(self, client, status: str = "FINISHED") -> None:
+        """Close the MLflow runs of the stage and its models."""
+        for run_id in [*(m.run_id for m in self.members), self.parent_run_id]:
+            if run_id:
+                tracking.end_run(client, run_id, status)
 
     def _write_curves(self) -> None:
         """plots/<stage>/curves/<k>.csv: one row per epoch (DVC plots; `/` in names -> `_`)."""
@@ -260,7 +292,7 @@ class Trainer:
                 lines.append(
                     ",".join([str(epoch), *(f"{row.get(k, float('nan')):.6g}" for k in keys)])
                 )
-            path = self.params.paths.plots / self.stage / "curves" / f"{m.index}.csv"
+            path = self.curves_dir / f"{m.index}.csv"
             fsio.atomic_write_text(path, "\n".join(lines) + "\n")
 
     def fingerprint(self) -> str:
@@ -329,62 +361,6 @@ class Trainer:
         for run_id in [self.parent_run_id, *(m.run_id for m in self.members)]:
             tracking.resume_run(client, run_id)
         log.info("%s: resuming after epoch %d from last.pt", self.stage, self.start_epoch)
-
-
-def make_optimizer(
-    model: torch.nn.Module, params: Params, *, fresh_head: bool
-) -> torch.optim.Optimizer:
-    """SGD (or AdamW) with TSN's groups: no decay on biases/BN; a new head learns 5x (bias 10x)."""
-    t = params.train
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_head = name.startswith("fc.")
-        decay = t.weight_decay if p.dim() > 1 else 0.0
-        mult = (10.0 if p.dim() == 1 else 5.0) if (is_head and fresh_head) else 1.0
-        groups.setdefault((decay, mult), []).append(p)
-    param_groups = [
-        {"params": ps, "weight_decay": d, "lr_mult": m, "lr": t.lr * m}
-        for (d, m), ps in groups.items()
-    ]
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=t.lr)
-    return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum)
-
-
-def _check_inits(stage: str, cfg) -> None:
-    """ML/MML models need different starting points, else equal models have zero KL (§3.4)."""
-    if cfg.method not in ("ml", "mml"):
-        return
-    starts = [(m.modality, m.init) for m in cfg.models]
-    repeated = sorted({s for s in starts if starts.count(s) > 1 and s[1] != "scratch"})
-    if repeated:
-        raise ConfigError(
-            f"stages.{stage}: {cfg.method} models {', '.join(f'{m} from {i}' for m, i in repeated)}"
-            " appear twice; identical models have zero mutual KL (paper §3.4) — initialise each "
-            "from a different model (e.g. rgb_ce.0 and rgb_ce.1) or use scratch."
-        )
-
-
-def _load_teacher(
-    checkpoints: Path, ref: str, num_classes: int, stage: str
-) -> tuple[torch.nn.Module, str]:
-    """The frozen MARS/D3D teacher `<stage>.<k>`: eval mode, no gradients; and its modality."""
-    path = model_path(checkpoints, ref)
-    if not path.exists():
-        raise ConfigError(
-            f"stages.{stage}.teacher={ref!r}: {path} does not exist; "
-            f"train stage {ref.rsplit('.', 1)[0]!r} first."
-        )
-    model, meta = model_from_checkpoint(path)
-    if meta["num_classes"] != num_classes:
-        raise ConfigError(
-            f"stages.{stage}.teacher={ref!r} predicts {meta['num_classes']} classes, "
-            f"the dataset has {num_classes}."
-        )
-    model.requires_grad_(False)
-    return model.eval(), meta["modality"]
 
 
 def _file_hash(path: Path) -> str:
