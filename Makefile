@@ -30,4 +30,4 @@ bench: install
 	$(BIN)/python benchmarks/flow.py
 
 clean:
-	rm -rf data checkpoints metrics predictions plots reports mlruns dvc.lock
+	rm -rf data checkpoints metrics predictions plots reports mlruns tuned optuna registry dvc.lock

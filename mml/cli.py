@@ -305,6 +305,100 @@ def report(
     _run(action)
 
 
+@app.command("promote")
+def promote(
+    force: Annotated[bool, typer.Option(help="move the alias even if not better")] = False,
+    dry_run: Annotated[bool, typer.Option(help="show what would change; change nothing")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Register the best RGB model and the best ensemble; alias `champion` to the better."""
+
+    def action() -> None:
+        from mml.registry import ALIAS, promote
+
+        decisions = promote(_params(params, overrides), force=force, dry_run=dry_run)
+        for d in decisions:
+            version = d.version or "(new)"
+            if d.register:
+                did = [
+                    "would register a new version" if dry_run else f"registered version {version}"
+                ]
+            else:
+                did = [f"version {version} exists"]
+            if d.move_alias:
+                did.append(f"{'would move' if dry_run else 'moved'} {ALIAS} to version {version}")
+            ms = d.timing.get("ms_per_video")
+            timing = f", {ms:.0f} ms/video" if ms else ""
+            typer.echo(f"{d.name}: {' + '.join(d.members)} ({d.metric} {d.value:.2f}{timing}): "
+                       f"{'; '.join(did)} — {d.reason}")  # fmt: skip
+
+    _run(action)
+
+
+@app.command("predict")
+def predict(
+    videos: Annotated[list[Path], typer.Argument(help="video files (any format decord opens)")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="MLflow model URI (default models:/mml-<dataset>-rgb@champion)"),
+    ] = None,
+    top: Annotated[int, typer.Option(help="how many classes to show", min=1)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Top classes of each VIDEO; a file that cannot be decoded is reported (exit code 1)."""
+
+    def action() -> int:
+        from mml.registry import load_for_predict
+
+        p = _params(params, overrides)
+        loaded = load_for_predict(p, model)
+        import pandas as pd
+
+        table = loaded.predict(pd.DataFrame({"video": [str(v) for v in videos]}),
+                               params={"top_k": top})  # fmt: skip
+        failed = 0
+        for row in table.to_dict(orient="records"):
+            if isinstance(row["error"], str) and row["error"]:
+                failed += 1
+                typer.secho(f"error: {row['video']}: {row['error']}", fg=typer.colors.RED, err=True)
+            elif as_json:
+                typer.echo(
+                    json.dumps(
+                        {
+                            "video": row["video"],
+                            "top": [
+                                {"label": c, "probability": round(float(s), 6)}
+                                for c, s in zip(row["top_labels"], row["top_scores"], strict=True)
+                            ],
+                        }
+                    )
+                )
+            else:
+                _print_top(row)
+        return 1 if failed else 0
+
+    code = _run(action)
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_top(row: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=str(row["video"]), title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    for i, (label, score) in enumerate(zip(row["top_labels"], row["top_scores"], strict=True)):
+        table.add_row(str(i + 1), label, f"{score:.3f}")
+    Console(width=100).print(table)
+
+
 def main() -> None:
     app(prog_name="mml")
 

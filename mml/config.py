@@ -274,6 +274,7 @@ class PathsConfig(Section):
     predictions: Path = Path("predictions")
     plots: Path = Path("plots")
     tuned: Path = Path("tuned")
+    registry: Path = Path("registry")  # promoted.json: what `mml promote` registered
     optuna: Path = Path("optuna")
 
 

@@ -109,7 +109,7 @@ def predict_dataset(
             skipped += batch.skipped
             if batch.ids:
                 for out, model, modality in zip(scores, models, modalities, strict=True):
-                    out.append(_fuse_views(model, batch.inputs[modality], fuse, multilabel))
+                    out.append(fuse_views(model, batch.inputs[modality], fuse, multilabel))
                 targets.append(batch.targets.numpy())
                 ids += batch.ids
             advance()
@@ -120,7 +120,7 @@ def predict_dataset(
     return Predictions(members, skipped)
 
 
-def _fuse_views(model: torch.nn.Module, x: torch.Tensor, fuse: str, multilabel: bool) -> np.ndarray:
+def fuse_views(model: torch.nn.Module, x: torch.Tensor, fuse: str, multilabel: bool) -> np.ndarray:
     """x: (B, V, T, C, H, W) -> (B, K) probabilities, averaging logits or probabilities."""
     b, v = x.shape[:2]
     logits = model(x.flatten(0, 1)).view(b, v, -1)

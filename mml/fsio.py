@@ -5,6 +5,7 @@ Readers (and a re-run after `kill -9`) never see half a file: either the old one
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,3 +31,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Atomically write `text` as UTF-8 (newlines as given)."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
+
+
+def file_hash(path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256 (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -306,7 +306,8 @@ class Trainer:
         if self.cfg.teacher:
             refs.add(self.cfg.teacher)
         data["sources"] = {  # the checkpoints this stage starts from or learns from
-            ref: _file_hash(model_path(self.params.paths.checkpoints, ref)) for ref in sorted(refs)
+            ref: fsio.file_hash(model_path(self.params.paths.checkpoints, ref))
+            for ref in sorted(refs)
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -361,14 +362,6 @@ class Trainer:
         for run_id in [self.parent_run_id, *(m.run_id for m in self.members)]:
             tracking.resume_run(client, run_id)
         log.info("%s: resuming after epoch %d from last.pt", self.stage, self.start_epoch)
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def train_stage(

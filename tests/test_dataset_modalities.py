@@ -7,7 +7,7 @@ import torch
 
 from mml.config import ClipConfig
 from mml.data.annotations import Annotations, VideoRecord
-from mml.data.dataset import VideoClips, _to_input
+from mml.data.dataset import VideoClips, to_input
 from mml.data.sampling import ViewPlan
 from mml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mml.data.video import decode_index_pattern, index_pattern_frames, write_video
@@ -87,7 +87,7 @@ def test_missing_cache_skips_the_video(tmp_path):
 
 def test_flip_negates_flow_x_only():
     x = torch.full((1, 10, 2, 2), 0.8)
-    out = _to_input("flow", x.clone(), flipped=True) * 0.226 + 0.5
+    out = to_input("flow", x.clone(), flipped=True) * 0.226 + 0.5
     assert torch.allclose(out[:, 0::2], torch.tensor(0.2)) and torch.allclose(
         out[:, 1::2], torch.tensor(0.8)
     )

@@ -10,7 +10,7 @@ an epoch never stops on one bad file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +130,7 @@ class VideoClips(Dataset):
             raise CacheError(f"video {record.id}: modality sizes differ {sizes}; rebuild caches")
         h, w = sizes[self.modalities[0]]
         crop = self._crop(h, w, rng)
-        return {m: _to_input(m, transforms.apply_crop(x, crop, c.crop_size), crop.flip)
+        return {m: to_input(m, transforms.apply_crop(x, crop, c.crop_size), crop.flip)
                 for m, x in raw.items()}  # fmt: skip
 
     def _read(self, record: VideoRecord, modality: str, plan: np.ndarray) -> np.ndarray:
@@ -144,11 +144,7 @@ class VideoClips(Dataset):
         except (OSError, ValueError) as err:
             hint = f"run `mml data {modality}`"
             raise CacheError(f"{modality} cache {path}: {err} ({hint})") from None
-        steps = plan[..., None] + np.arange(sampling.STACK[modality])  # (..., 5)
-        stacks = np.asarray(fields[np.minimum(steps, len(fields) - 1).reshape(-1)])
-        stacks = stacks.reshape(*steps.shape, *fields.shape[1:])  # (..., 5, H, W, c)
-        stacks = np.moveaxis(stacks, -4, -2)  # (..., H, W, 5, c): x1, y1, x2, y2, ...
-        return stacks.reshape(*stacks.shape[:-2], -1)
+        return stack_fields(lambda i: np.asarray(fields[i]), len(fields), plan, modality)
 
     def _crop(self, h: int, w: int, rng: np.random.Generator) -> transforms.Crop:
         c = self.clip
@@ -170,11 +166,24 @@ class VideoClips(Dataset):
         return torch.tensor(record.labels[0])
 
 
+def stack_fields(
+    fields_at: Callable[[np.ndarray], np.ndarray], num_fields: int, plan: np.ndarray, modality: str
+) -> np.ndarray:
+    """uint8 (*plan.shape, H, W, 5 c): at each position the 5 consecutive flow fields (or
+    differences) it stacks, channels x1, y1, x2, y2, ... A stack that runs past the last field
+    repeats it. `fields_at(indices)` returns those fields, (len, H, W, c)."""
+    steps = plan[..., None] + np.arange(sampling.STACK[modality])  # (..., 5)
+    stacks = fields_at(np.minimum(steps, num_fields - 1).reshape(-1))
+    stacks = stacks.reshape(*steps.shape, *stacks.shape[1:])  # (..., 5, H, W, c)
+    stacks = np.moveaxis(stacks, -4, -2)  # (..., H, W, 5, c)
+    return stacks.reshape(*stacks.shape[:-2], -1)
+
+
 class CacheError(RuntimeError):
     """A flow/diff cache file is missing or unreadable (the video is skipped like a broken one)."""
 
 
-def _to_input(modality: str, x: torch.Tensor, flipped: bool) -> torch.Tensor:
+def to_input(modality: str, x: torch.Tensor, flipped: bool) -> torch.Tensor:
     """[0, 1] crops -> network input: RGB ImageNet-normalised, flow (v - .5) / .226 with x
     negated under a horizontal flip, diff back to next - previous in [-1, 1] (not normalised)."""
     if modality == "rgb":

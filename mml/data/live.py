@@ -1,0 +1,79 @@
+"""Network inputs straight from a video file, without caches: for prediction and serving.
+
+Any video the decoder opens works: frames are resized so that their short side matches the
+videos the model was trained on (portrait, odd sizes and 4K alike), only the frames the test
+views need are decoded (long videos stay cheap), and flow / differences are computed for
+just the fields those views stack, with the cache's own algorithm and uint8 quantisation, so
+the network sees what it saw in training. A one-frame video has no motion: its flow and
+differences are zero.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from mml.config import ClipConfig
+from mml.data import sampling, transforms
+from mml.data.dataset import stack_fields, to_input
+from mml.data.flow import compute_flow, quantize_diff, quantize_flow, rgb_diff
+from mml.data.video import probe, read_frames
+
+
+def resize_short_side(frames: np.ndarray, short_side: int | None) -> np.ndarray:
+    """(N, H, W, 3) uint8 with min(H, W) == short_side (aspect kept); None: unchanged."""
+    height, width = frames.shape[1:3]
+    if short_side is None or min(height, width) == short_side or not len(frames):
+        return frames
+    scale = short_side / min(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2: (w, h)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, size, interpolation=interpolation) for f in frames])
+
+
+def view_inputs(
+    path,
+    modality: str,
+    clip: ClipConfig,
+    views: sampling.ViewPlan,
+    *,
+    short_side: int | None,
+    flow_algorithm: str = "tvl1",
+    flow_bound: float = 20.0,
+) -> torch.Tensor:
+    """The test views of one video for one modality: (V, T, C, crop, crop) float32.
+
+    Raises mml.data.video.VideoDecodeError when the file cannot be decoded.
+    """
+    count = probe(path).num_frames
+    plan = sampling.view_indices(
+        sampling.num_positions(count, modality), clip.segments, clip.stride, views
+    )  # (V, T)
+    if modality == "rgb":
+        frames = resize_short_side(read_frames(path, plan.reshape(-1)), short_side)
+        raw = frames.reshape(*plan.shape, *frames.shape[1:])
+    else:
+        raw = _motion_stacks(path, modality, plan, count, short_side, flow_algorithm, flow_bound)
+    h, w = raw.shape[-3:-1]
+    crop = transforms.center_crop(h, w, scale_size=clip.scale_size, crop_size=clip.crop_size)
+    return to_input(modality, transforms.apply_crop(raw, crop, clip.crop_size), False)
+
+
+def _motion_stacks(path, modality, plan, count, short_side, algorithm, bound) -> np.ndarray:
+    """uint8 (V, T, H, W, 5 c) flow or difference stacks, computing only the needed fields."""
+    num_fields = max(count - 1, 1)  # field f lies between frames f and f + 1
+    steps = plan[..., None] + np.arange(sampling.STACK[modality])
+    needed = np.unique(np.minimum(steps, num_fields - 1))
+    frame_ids = np.unique(np.concatenate([needed, np.minimum(needed + 1, count - 1)]))
+    decoded = resize_short_side(read_frames(path, frame_ids), short_side)
+    frame_at = {int(f): decoded[i] for i, f in enumerate(frame_ids)}
+    fields = {}
+    for f in needed.tolist():
+        pair = np.stack([frame_at[f], frame_at[min(f + 1, count - 1)]])
+        if modality == "flow":
+            fields[f] = quantize_flow(compute_flow(pair, algorithm), bound)[0]
+        else:
+            fields[f] = quantize_diff(rgb_diff(pair))[0]
+    return stack_fields(lambda idx: np.stack([fields[int(i)] for i in idx]), num_fields, plan,
+                        modality)  # fmt: skip

@@ -1,0 +1,350 @@
+"""`mml promote`: register the best single RGB model and the best ensemble in MLflow.
+
+Candidates come from the evaluation files: the RGB model with the best validation metric in
+metrics/<stage>.json, and the top (or greedy) ensemble of metrics/ensembles.json. Each is
+packaged (mml.predictor), logged as an MLflow pyfunc (mml/serving.py, "models from code", so
+loading unpickles nothing) and registered as `mml-<dataset>-rgb` / `mml-<dataset>-ensemble`.
+
+A version is identified by a fingerprint of its checkpoints and inference settings, so
+promoting twice registers nothing new. The alias `champion` moves only to a version whose
+validation metric beats the current champion's (or with `force`). Versions are created with
+all their tags in one call, then the alias moves: a promotion killed at any point leaves
+either no version or a complete one, and running it again finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mml import tracking
+from mml.config import ConfigError, Params
+from mml.fsio import atomic_write_text, file_hash
+
+log = logging.getLogger(__name__)
+ALIAS = "champion"
+
+
+@dataclass
+class Decision:
+    """What promoting one candidate does (or, in a dry run, would do)."""
+
+    name: str
+    kind: str  # rgb | ensemble
+    members: list[str]
+    metric: str
+    value: float
+    metrics: dict[str, float]
+    fingerprint: str
+    version: str | None = None  # existing or newly registered version
+    register: bool = False
+    move_alias: bool = False
+    champion: str | None = None  # the champion version before this promotion
+    champion_value: float | None = None
+    reason: str = ""
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def registered_name(params: Params, kind: str) -> str:
+    return f"mml-{params.dataset.name}-{kind}"
+
+
+def promote(params: Params, *, force: bool = False, dry_run: bool = False) -> list[Decision]:
+    """Register (if new) and crown (if better, or `force`) the best RGB model and ensemble."""
+    client, experiment_id = tracking.client_and_experiment(params)
+    decisions = [_decide(client, params, *best_rgb(params), force=force)]
+    ensemble = best_ensemble(params)
+    if ensemble is not None:
+        decisions.append(_decide(client, params, *ensemble, force=force))
+    if dry_run:
+        return decisions
+    run_id = None
+    for d in decisions:
+        if d.register:
+            run_id = run_id or _promote_run(client, experiment_id, params)
+            d.version, d.timing = _register(client, params, d, run_id)
+        if d.move_alias:
+            client.set_registered_model_alias(d.name, ALIAS, d.version)
+            log.info("%s: alias %s -> version %s", d.name, ALIAS, d.version)
+    if run_id:
+        tracking.end_run(client, run_id)
+    out = params.paths.registry / "promoted.json"
+    atomic_write_text(out, json.dumps({d.kind: _summary(d) for d in decisions}, indent=2) + "\n")
+    return decisions
+
+
+# ---- candidates ------------------------------------------------------------------------------
+def best_rgb(params: Params) -> tuple[str, list[str], str, dict[str, float]]:
+    """('rgb', [ref], metric, metrics) of the best evaluated RGB model (ties: first ref)."""
+    rows = []
+    for path in sorted(params.paths.metrics.glob("*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        for k, entry in report.items():
+            if k.isdigit() and isinstance(entry, dict) and entry.get("modality") == "rgb":
+                rows.append((f"{path.stem}.{k}", entry))
+    wanted = params.promote.rgb_candidates
+    if wanted:
+        missing = sorted(set(wanted) - {ref for ref, _ in rows})
+        if missing:
+            raise ConfigError(
+                f"promote.rgb_candidates {missing}: not evaluated RGB models in "
+                f"{params.paths.metrics}; run `mml evaluate STAGE` first."
+            )
+        rows = [(ref, e) for ref, e in rows if ref in wanted]
+    if not rows:
+        raise ConfigError(
+            f"no evaluated RGB model in {params.paths.metrics}; run `mml evaluate STAGE` first."
+        )
+    metric = "mAP" if "mAP" in rows[0][1] else "top1"
+    ref, entry = max(rows, key=lambda r: (r[1][metric], [-ord(c) for c in r[0]]))
+    return "rgb", [ref], metric, _metrics(entry)
+
+
+def best_ensemble(params: Params) -> tuple[str, list[str], str, dict[str, float]] | None:
+    """The top-ranked (or greedy) ensemble of metrics/ensembles.json; None without that file."""
+    path = params.paths.metrics / "ensembles.json"
+    if not path.is_file():
+        log.warning("%s missing: run `mml ensemble` to promote an ensemble too", path)
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    best = report["greedy_best"] if params.promote.ensemble == "greedy" else report["best"]
+    if len(best["members"]) < 2:
+        log.warning(
+            "the %s ensemble is a single model; no ensemble promoted", params.promote.ensemble
+        )
+        return None
+    return "ensemble", list(best["members"]), report["metric"], _metrics(best)
+
+
+def _metrics(entry: dict) -> dict[str, float]:
+    return {k: float(entry[k]) for k in ("top1", "top5", "mAP") if k in entry}
+
+
+# ---- decisions -------------------------------------------------------------------------------
+def _decide(client, params, kind, members, metric, metrics, *, force: bool) -> Decision:
+    name = registered_name(params, kind)
+    d = Decision(name, kind, members, metric, metrics[metric], metrics,
+                 fingerprint(params, members))  # fmt: skip
+    versions = _versions(client, name)
+    same = [v for v in versions if v.tags.get("mml.fingerprint") == d.fingerprint]
+    champion = _champion(client, name)
+    if champion is not None:
+        d.champion = str(champion.version)
+        d.champion_value = float(champion.tags.get(f"val.{metric}", "nan"))
+    d.version = str(same[0].version) if same else None
+    d.register = not same
+    if d.version is not None and d.version == d.champion:
+        d.reason = f"version {d.version} is already the {ALIAS}"
+    elif champion is None:
+        d.move_alias, d.reason = True, f"no {ALIAS} yet"
+    elif force:
+        d.move_alias, d.reason = True, f"forced over version {d.champion}"
+    elif d.champion_value is None or not d.value > d.champion_value:
+        d.reason = (f"{metric} {d.value:.2f} does not beat {ALIAS} version {d.champion} "
+                    f"({d.champion_value:.2f}); --force to crown it anyway")  # fmt: skip
+    else:
+        d.move_alias = True
+        d.reason = f"{metric} {d.value:.2f} beats version {d.champion} ({d.champion_value:.2f})"
+    return d
+
+
+def fingerprint(params: Params, members: list[str]) -> str:
+    """Hash of the members' checkpoints and the inference settings of a package."""
+    from mml.models.factory import model_path
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(_inference_settings(params), sort_keys=True).encode())
+    for ref in members:
+        path = model_path(params.paths.checkpoints, ref)
+        if not path.is_file():
+            raise ConfigError(f"{ref}: {path} is missing; train the stage first.")
+        digest.update(ref.encode())
+        digest.update(file_hash(path).encode())
+    return digest.hexdigest()[:20]
+
+
+def _inference_settings(params: Params) -> dict:
+    e, c = params.evaluate, params.cache
+    return {"views": [e.dense_views, e.uniform_views], "fuse": e.fuse,
+            "flow": [c.flow_algorithm, c.flow_bound], "short_side": short_side(params)}  # fmt: skip
+
+
+def short_side(params: Params) -> int | None:
+    """Median short side of the validation videos: predictions resize inputs to it."""
+    from mml.data.dataset import load_split
+    from mml.data.video import VideoDecodeError, probe
+
+    sides = []
+    for record in load_split(params.dataset, "val").records[:50]:
+        try:
+            info = probe(record.path)
+        except VideoDecodeError:
+            continue
+        sides.append(min(info.height, info.width))
+    return int(sorted(sides)[len(sides) // 2]) if sides else None
+
+
+def _versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return []
+
+
+def _champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        return None
+
+
+# ---- registration ----------------------------------------------------------------------------
+def _promote_run(client, experiment_id: str, params: Params) -> str:
+    tags = {"mml.role": "promote", "stage": "promote", "method": "promote",
+            "dataset": params.dataset.name, "git_commit": tracking.git_commit()}  # fmt: skip
+    return client.create_run(experiment_id, run_name="promote", tags=tags).info.run_id
+
+
+def _register(client, params: Params, d: Decision, run_id: str) -> tuple[str, dict[str, float]]:
+    """Package, time, log and register one candidate; returns the new version and its timing."""
+    import mlflow
+
+    from mml.data.sampling import ViewPlan
+    from mml.models.factory import model_path
+    from mml.predictor import VideoPredictor, time_predictions, write_package
+
+    e = params.evaluate
+    with tempfile.TemporaryDirectory(prefix="mml-package-") as tmp:
+        package = Path(tmp) / "package"
+        write_package(
+            package, [(ref, model_path(params.paths.checkpoints, ref)) for ref in d.members],
+            kind=d.kind, views=ViewPlan(e.dense_views, e.uniform_views), fuse=e.fuse,
+            short_side=short_side(params), flow_algorithm=params.cache.flow_algorithm,
+            flow_bound=params.cache.flow_bound,
+        )  # fmt: skip
+        timing = time_predictions(VideoPredictor(package), _timing_videos(params))
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # no type hints / input example: the input is a file path, checked by the schema
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name=d.kind,
+                python_model=str(Path(__file__).with_name("serving.py")),
+                artifacts={"package": str(package)},
+                code_paths=[str(Path(__file__).parent)],
+                signature=_signature(),
+                pip_requirements=_requirements(),
+            )
+    tags = _version_tags(client, params, d, timing)
+    version = mlflow.register_model(info.model_uri, d.name, tags=tags)
+    client.update_model_version(d.name, version.version, description=_description(d, timing))
+    log.info("%s: registered version %s (%s)", d.name, version.version, d.members)
+    return str(version.version), timing
+
+
+def _timing_videos(params: Params) -> list[Path]:
+    from mml.data.dataset import load_split
+
+    records = load_split(params.dataset, "val").records
+    return [r.path for r in records[: params.promote.timing_videos]]
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "video")]),
+        params=ParamSchema([ParamSpec("top_k", "long", 5)]),
+    )
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    names = ["torch", "torchvision", "numpy", "pandas", "decord", "av", "pydantic", "pyyaml",
+             "opencv-contrib-python-headless", "mlflow"]  # fmt: skip
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name}=={version(name)}")
+        except Exception:  # not installed under that name: leave it to the serving env
+            continue
+    return found
+
+
+def _version_tags(client, params: Params, d: Decision, timing: dict) -> dict[str, str]:
+    from mml import checkpoint
+    from mml.models.factory import model_path
+
+    runs, hashes, stages = [], [], []
+    for ref in d.members:
+        meta = checkpoint.load(model_path(params.paths.checkpoints, ref))["meta"]
+        runs.append(meta.get("run_id", ""))
+        stages.append(ref.rsplit(".", 1)[0])
+        try:
+            hashes.append(client.get_run(meta["run_id"]).data.tags.get("params_hash", ""))
+        except Exception:  # the run lives in another store
+            hashes.append("")
+    tags = {f"val.{k}": f"{v:.4f}" for k, v in d.metrics.items()}
+    tags |= {
+        "metric": d.metric,
+        "cpu_ms_per_video": f"{timing.get('ms_per_video', float('nan')):.1f}",
+        "git_commit": tracking.git_commit(),
+        "data_hash": data_hash(params),
+        "params_hash": ",".join(hashes),
+        "source_stage": ",".join(dict.fromkeys(stages)),
+        "source_models": ",".join(d.members),
+        "source_run": ",".join(runs),
+        "mml.fingerprint": d.fingerprint,
+    }
+    return tags
+
+
+def data_hash(params: Params) -> str:
+    """Hash of the annotation files (labels, train and val splits) of the dataset."""
+    cfg = params.dataset
+    digest = hashlib.sha256()
+    for name in (cfg.labels, cfg.train, cfg.val):
+        path = Path(cfg.root) / name
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()[:16]
+
+
+def _description(d: Decision, timing: dict) -> str:
+    ms = timing.get("ms_per_video", float("nan"))
+    return (f"{' + '.join(d.members)}: val {d.metric} {d.value:.2f}, {ms:.0f} ms/video on CPU "
+            "(decode, flow/diff, all views)")  # fmt: skip
+
+
+def _summary(d: Decision) -> dict:
+    data = asdict(d)
+    data["champion_after"] = d.version if d.move_alias else d.champion
+    return data
+
+
+def load_for_predict(params: Params, uri: str | None):
+    """The pyfunc at `uri` (default: the RGB champion) from the configured MLflow store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking.client_and_experiment(params)  # sets the tracking (and registry) URI
+    uri = uri or f"models:/{registered_name(params, 'rgb')}@{ALIAS}"
+    # MLflow warns (at every predict) that `predict` has no type hints; the schema validates
+    # the inputs. Python warnings go to the log instead of cluttering the predictions.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"cannot load model {uri}: {first}. Run `mml promote` first, or pass "
+                          "--model with a models:/ or runs:/ URI.") from None  # fmt: skip

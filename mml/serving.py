@@ -1,0 +1,61 @@
+"""The MLflow pyfunc of mml's registered models ("models from code": MLflow runs this file).
+
+Input: the paths of video files, as a DataFrame column `video` (what `mlflow models serve`
+receives as `{"dataframe_records": [{"video": "/path/a.mp4"}]}`), a list or one string.
+Optional param `top_k` (default 5). Output: one row per video with `label`, `score`,
+`top_labels`, `top_scores` and `error`: "" or, with label "" and score 0, why the file could
+not be decoded (the other videos of the request are still predicted).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+# MLflow asks for type hints on `predict` to validate inputs; the schema (a `video` string
+# column) validates them already, and the hint-based conversion would get in its way.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+
+
+class MMLVideoModel(PythonModel):
+    """Wraps mml.predictor.VideoPredictor over the package in the `package` artifact."""
+
+    def load_context(self, context) -> None:
+        from mml.predictor import VideoPredictor
+
+        self.predictor = VideoPredictor(Path(context.artifacts["package"]))
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from mml.data.video import VideoDecodeError
+
+        top_k = int((params or {}).get("top_k", 5))
+        rows = []
+        for video in _videos(model_input):
+            try:
+                top = self.predictor.top(self.predictor.predict(video), top_k)
+            except (VideoDecodeError, ValueError, OSError) as err:
+                rows.append({"video": video, "label": "", "score": 0.0, "top_labels": [],
+                             "top_scores": [], "error": str(err)})  # fmt: skip
+                continue
+            rows.append({"video": video, "label": top[0][0], "score": top[0][1],
+                         "top_labels": [c for c, _ in top], "top_scores": [p for _, p in top],
+                         "error": ""})  # fmt: skip
+        return pd.DataFrame(rows, columns=["video", "label", "score", "top_labels", "top_scores",
+                                           "error"])  # fmt: skip
+
+
+def _videos(model_input) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        if "video" not in model_input.columns:
+            raise ValueError(f"expected a column 'video' of file paths, got {list(model_input)}")
+        return [str(v) for v in model_input["video"]]
+    if isinstance(model_input, str | Path):
+        return [str(model_input)]
+    return [str(v) for v in model_input]
+
+
+mlflow.models.set_model(MMLVideoModel())

@@ -1,0 +1,260 @@
+"""`mml promote`, `mml predict` and `mlflow models serve` on a tiny trained project.
+
+One module-scoped project trains an RGB and a Flow model, evaluates them, ranks the
+ensemble and promotes both winners into a real MLflow registry (sqlite); the tests then
+predict from the registered models like a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_params
+from mlflow.tracking import MlflowClient
+from test_pipeline import mml, runner
+
+from mml.cli import app
+from mml.config import load_params
+from mml.data.dataset import VideoClips, load_split, stage_caches
+from mml.data.live import view_inputs
+from mml.data.sampling import ViewPlan
+from mml.data.video import read_frames, write_video
+
+STAGES = {
+    "rgb_ce": {"method": "ce", "models": [{"modality": "rgb", "init": "scratch"}]},
+    "flow_ce": {"method": "ce", "models": [{"modality": "flow", "init": "scratch"}]},
+    "rgb_b": {"method": "ce", "models": [{"modality": "rgb", "init": "scratch"}],
+              "overrides": {"seed": 7}},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def promoted(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    params = tiny_params(tiny_dataset, promote={"timing_videos": 2})
+    params["stages"] = STAGES
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        mml("data", "flow")
+        for stage in ("rgb_ce", "flow_ce"):
+            mml("train", stage)
+            mml("evaluate", stage)
+        mml("ensemble")
+        out = mml("promote")
+        assert out.count("moved champion to version 1") == 2, out
+        yield root
+
+
+def champion(kind: str):
+    return MlflowClient().get_model_version_by_alias(f"mml-tiny-{kind}", "champion")
+
+
+def test_promote_registers_both_champions_with_their_provenance(promoted):
+    rgb, ensemble = champion("rgb"), champion("ensemble")
+    assert rgb.tags["source_models"] == "rgb_ce.0" and rgb.tags["source_stage"] == "rgb_ce"
+    assert ensemble.tags["source_models"] == "flow_ce.0,rgb_ce.0"
+    metrics = json.loads((promoted / "metrics/rgb_ce.json").read_text())["0"]
+    assert float(rgb.tags["val.top1"]) == pytest.approx(metrics["top1"], abs=1e-3)
+    meta_run = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("mml-tiny").experiment_id],
+        "tags.stage = 'rgb_ce' and tags.`mml.role` = 'model'",
+    )[0]
+    assert rgb.tags["source_run"] == meta_run.info.run_id
+    assert rgb.tags["params_hash"] == meta_run.data.tags["params_hash"]
+    for version in (rgb, ensemble):
+        assert float(version.tags["cpu_ms_per_video"]) > 0
+        assert len(version.tags["data_hash"]) == 16 and version.tags["git_commit"]
+    # flow is computed per video at prediction time: the ensemble costs more
+    assert float(ensemble.tags["cpu_ms_per_video"]) > float(rgb.tags["cpu_ms_per_video"])
+    summary = json.loads((promoted / "registry/promoted.json").read_text())
+    assert summary["rgb"]["version"] == "1" and summary["ensemble"]["champion_after"] == "1"
+
+
+def test_registered_models_reproduce_the_evaluation(promoted):
+    """models:/...@champion gives the probabilities `mml evaluate` saved (same views)."""
+    saved = np.load(promoted / "predictions/rgb_ce/0.npz")
+    videos = load_split(load_params("params.yaml").dataset, "val").records[:3]
+    model = mlflow.pyfunc.load_model("models:/mml-tiny-rgb@champion")
+    out = model.predict(pd.DataFrame({"video": [str(r.path) for r in videos]}), params={"top_k": 4})
+    for record, row in zip(videos, out.to_dict(orient="records"), strict=True):
+        expected = saved["scores"][list(saved["ids"]).index(record.id)]
+        got = dict(zip(row["top_labels"], row["top_scores"], strict=True))
+        assert [got[c] for c in saved["classes"]] == pytest.approx(expected, abs=1e-5)
+
+
+def test_promote_again_changes_nothing(promoted):
+    versions = len(MlflowClient().search_model_versions("name = 'mml-tiny-rgb'"))
+    out = mml("promote", "--dry-run")
+    assert out.count("exists") == 2 and "would" not in out
+    out = mml("promote")
+    assert out.count("already the champion") == 2
+    assert len(MlflowClient().search_model_versions("name = 'mml-tiny-rgb'")) == versions
+
+
+def test_a_worse_model_takes_the_alias_only_when_forced(promoted):
+    mml("train", "rgb_b")
+    mml("evaluate", "rgb_b")
+    metrics_file = promoted / "metrics/rgb_b.json"
+    report = json.loads(metrics_file.read_text())
+    report["0"]["top1"] = -1.0  # certainly worse than the champion
+    metrics_file.write_text(json.dumps(report))
+    only_b = ["-S", "promote.rgb_candidates=[rgb_b.0]"]
+    out = mml("promote", "--dry-run", *only_b)
+    assert "would register a new version" in out and "does not beat" in out
+    assert len(MlflowClient().search_model_versions("name = 'mml-tiny-rgb'")) == 1
+    out = mml("promote", *only_b)
+    assert "registered version 2" in out and "does not beat" in out
+    assert str(champion("rgb").version) == "1"
+    out = mml("promote", "--force", *only_b)
+    assert "version 2 exists" in out and "moved champion to version 2" in out
+    assert str(champion("rgb").version) == "2"
+    mml("promote", "--force", "-S", "promote.rgb_candidates=[rgb_ce.0]")  # put it back
+    assert str(champion("rgb").version) == "1"
+    assert len(MlflowClient().search_model_versions("name = 'mml-tiny-rgb'")) == 2
+
+
+def _write(path: Path, frames: np.ndarray, codec: str, pix_fmt: str) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=12)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def odd_videos(promoted, tmp_path_factory):
+    """Videos unlike the training set: other containers/codecs, sizes, lengths; two broken."""
+    out = tmp_path_factory.mktemp("videos")
+    source = load_split(load_params(promoted / "params.yaml").dataset, "val").records[0].path
+    frames = read_frames(source, np.arange(10))
+    big = np.repeat(np.repeat(frames, 2, axis=1), 2, axis=2)  # 64x64
+    videos = {
+        "upscaled": _write(out / "up.mkv", big, "ffv1", "bgr0"),
+        "odd": _write(out / "odd.avi", big[:, :33, :47], "mjpeg", "yuvj444p"),
+        "portrait": out / "portrait.mp4",
+        "single": out / "single.mp4",
+        "long": out / "long.mp4",
+    }
+    write_video(videos["portrait"], big[:, :, :32], fps=12, codec="h264")  # 64 high, 32 wide
+    write_video(videos["single"], frames[:1], fps=12, codec="h264")
+    write_video(videos["long"], np.tile(frames, (60, 1, 1, 1)), fps=12, codec="h264")
+    truncated = out / "truncated.webm"
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
+    text = out / "notes.mp4"
+    text.write_text("not a video")
+    return source, videos, [truncated, text]
+
+
+def test_predict_handles_any_video_and_reports_broken_ones(promoted, odd_videos):
+    source, videos, broken = odd_videos
+    paths = [str(p) for p in [source, *videos.values(), *broken]]
+    result = runner.invoke(app, ["predict", *paths, "--json", "--top", "4"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 2 and all(str(b) in "".join(errors) for b in broken)
+    rows = {row["video"]: row for row in map(json.loads, set(lines) - set(errors))}
+    assert set(rows) == set(paths[:-2])  # every good video, each once
+    for row in rows.values():
+        probabilities = [c["probability"] for c in row["top"]]
+        assert len(probabilities) == 4 and sum(probabilities) == pytest.approx(1, abs=1e-3)
+    original = {c["label"]: c["probability"] for c in rows[str(source)]["top"]}
+    upscaled = {c["label"]: c["probability"] for c in rows[str(videos["upscaled"])]["top"]}
+    assert max(abs(original[c] - upscaled[c]) for c in original) < 0.1  # resized back to 32 px
+
+
+def test_predict_with_the_ensemble_computes_flow_itself(promoted, odd_videos):
+    _, videos, _ = odd_videos
+    result = runner.invoke(app, ["predict", str(videos["single"]), str(videos["portrait"]),
+                                 "--model", "models:/mml-tiny-ensemble@champion"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("probability") == 2  # one table per video
+
+
+def test_predict_without_a_registered_model_is_a_clear_error(promoted):
+    result = runner.invoke(app, ["predict", "x.mp4", "--model", "models:/nope@champion"])
+    assert result.exit_code == 2 and "mml promote" in result.output
+
+
+def test_live_inputs_are_the_evaluation_inputs(promoted):
+    """Prediction computes rgb/diff exactly as the dataset reads them, and flow as cached."""
+    params = load_params("params.yaml")
+    ann = load_split(params.dataset, "val")
+    plan = ViewPlan(1, 2)
+    for modality in ("rgb", "flow"):
+        clips = VideoClips(ann, params.clip, train=False, views=plan, modalities=[modality],
+                           caches=stage_caches(params, [modality]))  # fmt: skip
+        for index in range(2):
+            expected = clips[index][modality]
+            got = view_inputs(ann.records[index].path, modality, params.clip, plan,
+                              short_side=None, flow_algorithm=params.cache.flow_algorithm,
+                              flow_bound=params.cache.flow_bound)  # fmt: skip
+            assert got.shape == expected.shape
+            if modality == "rgb":
+                assert np.array_equal(got.numpy(), expected.numpy())
+            else:  # TV-L1 in another process/thread count: equal to a quantisation step or two
+                assert (got - expected).abs().max().item() < 2.5 * (1 / 255) / 0.226
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_a_scoring_request(promoted, odd_videos):
+    source, videos, broken = odd_videos
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    server = subprocess.Popen(
+        [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", "models:/mml-tiny-rgb@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.time() < deadline, "server did not start"
+                time.sleep(1)
+        body = {"dataframe_records": [{"video": str(source)}, {"video": str(broken[1])}],
+                "params": {"top_k": 2}}  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    good, bad = predictions
+    assert good["error"] == "" and len(good["top_labels"]) == 2 and good["score"] > 0
+    assert good["label"] == good["top_labels"][0]
+    assert bad["label"] == "" and "cannot decode" in bad["error"]
