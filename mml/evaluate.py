@@ -144,20 +144,27 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     paths = [params.paths.checkpoints / stage / f"{k}.pt" for k in range(len(cfg.models))]
     loaded = [model_from_checkpoint(p) for p in paths]
     modalities = [meta["modality"] for _, meta in loaded]
-    needed = sorted(set(modalities))
-    dataset = VideoClips(
-        ann, params.clip, train=False, views=plan, modalities=needed,
-        caches=stage_caches(params, needed),
-    )  # fmt: skip
-    result = predict_dataset(
-        [m for m, _ in loaded], modalities, dataset, params.loader,
-        batch_size=params.evaluate.batch_size, fuse=params.evaluate.fuse,
-        label=f"{stage} evaluate ({plan})", show_progress=show_progress,
-    )  # fmt: skip
-    report: dict = {"views": str(plan), "fuse": params.evaluate.fuse, "skipped": result.skipped}
+    # Each model is tested on its own modality's positions, as it runs when deployed alone
+    # (mml predict): the cross-modal alignment of §2.3 is for training together.
+    predictions: dict[int, Prediction] = {}
+    skipped: set[str] = set()
+    for modality in sorted(set(modalities)):
+        ks = [k for k, m in enumerate(modalities) if m == modality]
+        dataset = VideoClips(
+            ann, params.clip, train=False, views=plan, modalities=[modality],
+            caches=stage_caches(params, [modality]),
+        )  # fmt: skip
+        result = predict_dataset(
+            [loaded[k][0] for k in ks], [modality] * len(ks), dataset, params.loader,
+            batch_size=params.evaluate.batch_size, fuse=params.evaluate.fuse,
+            label=f"{stage} evaluate {modality} ({plan})", show_progress=show_progress,
+        )  # fmt: skip
+        predictions |= dict(zip(ks, result.members, strict=True))
+        skipped |= set(result.skipped)
+    report: dict = {"views": str(plan), "fuse": params.evaluate.fuse, "skipped": sorted(skipped)}
     client, _ = tracking.client_and_experiment(params)
-    for k, ((_, meta), pred) in enumerate(zip(loaded, result.members, strict=True)):
-        report[str(k)] = _report_model(params, stage, k, meta, pred, ann.classes, client)
+    for k, (_, meta) in enumerate(loaded):
+        report[str(k)] = _report_model(params, stage, k, meta, predictions[k], ann.classes, client)
     out = params.paths.metrics / f"{stage}.json"
     _write_json(out, report)
     parent = loaded[0][1].get("parent_run_id")

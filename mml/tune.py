@@ -222,9 +222,13 @@ def _alive(pid: int) -> bool:
 def _study_run(client, experiment_id: str, params: Params, stage: str, name: str, url: str) -> str:
     """The one MLflow run of the study (shared by every worker using the same store)."""
     query = f"tags.`mml.role` = 'study' and tags.`mml.study` = '{name}'"
-    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
-    if found:
-        return found[0].info.run_id
+
+    def first() -> str | None:  # the same choice in every worker: earliest, then smallest id
+        runs = client.search_runs([experiment_id], query)
+        return min(((r.info.start_time, r.info.run_id) for r in runs), default=(0, None))[1]
+
+    if (found := first()) is not None:
+        return found
     tags = {"mml.role": "study", "mml.study": name, "stage": stage, "method": "tune",
             "dataset": params.dataset.name, "git_commit": tracking.git_commit(),
             "optuna.storage": _redact(url)}  # fmt: skip
@@ -234,12 +238,11 @@ def _study_run(client, experiment_id: str, params: Params, stage: str, name: str
                                          "tune.objective": tune.objective,
                                          **{f"space.{k}": v.model_dump(exclude_none=True)
                                             for k, v in tune.space.items()}})  # fmt: skip
-    # two workers starting together may both have created one: keep the earliest
-    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
-    if found and found[0].info.run_id != run_id:
+    # two workers starting together may both have created one: all keep the same one
+    found = first() or run_id
+    if found != run_id:
         client.delete_run(run_id)
-        return found[0].info.run_id
-    return run_id
+    return found
 
 
 def _redact(url: str) -> str:

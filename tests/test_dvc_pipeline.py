@@ -108,6 +108,12 @@ def test_repro_runs_every_stage_and_tracks_them(pipeline):
     assert all(len(r.data.tags["params_hash"]) == 16 for r in parents)
     roles = client.search_runs([exp.experiment_id], "tags.`mml.role` = 'report'")
     assert len(roles) == 1
+    promoted = json.loads((pipeline / "registry/promoted.json").read_text())
+    assert set(promoted) == {"rgb", "ensemble"}
+    for kind, decision in promoted.items():
+        version = client.get_model_version_by_alias(f"mml-synthetic-{kind}", "champion")
+        assert version.tags["source_models"] == ",".join(decision["members"])
+    assert yaml.safe_load((pipeline / "tuned/mml.yaml").read_text())["values"] == {}  # tuning off
 
 
 def test_second_repro_does_nothing_and_metrics_show(pipeline):
@@ -153,7 +159,10 @@ def test_real_dataset_pipeline_on_a_stand_in_in_its_format(tmp_path, dataset):
     """
     repo = clone(tmp_path)
     here = repo / "pipelines" / dataset
-    tiny_params(here / "params.yaml", loader={"batch_size": 4, "workers": 0})
+    # small models of the pipeline's family: checkpoint I/O of R50s dominated this test
+    small = {"ssv2": "tsm_mobilenet_v2", "charades": "i3d_resnet18"}[dataset]
+    tiny_params(here / "params.yaml", loader={"batch_size": 4, "workers": 0},
+                model={"arch": small, "width_mult": 0.35})  # fmt: skip
     raw = here / "data" / "raw" / dataset
     if dataset == "ssv2":  # labels.json, train.json, validation.json, videos/<id>.webm
         generate(raw, TINY_SPEC)
@@ -175,4 +184,7 @@ def test_real_dataset_pipeline_on_a_stand_in_in_its_format(tmp_path, dataset):
     assert {r.data.tags["stage"] for r in parents} == set(params["stages"])
     assert "| model |" in (here / "reports/summary.md").read_text()
     assert json.loads((here / "metrics/ensembles.json").read_text())["ensembles"]
+    promoted = json.loads((here / "registry/promoted.json").read_text())
+    champion = client.get_model_version_by_alias(f"mml-{dataset}-rgb", "champion")
+    assert champion.tags["source_models"] == ",".join(promoted["rgb"]["members"])
     assert "didn't change" in run("dvc", "repro", dvcfile, cwd=repo).stdout
