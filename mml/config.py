@@ -12,10 +12,18 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mml.errors import UserError
 
@@ -27,6 +35,16 @@ Arch = Literal[
 ]  # fmt: skip
 INIT_PATTERN = re.compile(r"^(imagenet|scratch|[A-Za-z0-9_\-]+\.\d+)$")
 MODEL_REF = re.compile(r"^[A-Za-z0-9_\-]+\.\d+$")  # <stage>.<k>: model k of a trained stage
+
+
+def _model_refs(v: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [r for r in v if not MODEL_REF.match(r)]
+    if bad:
+        raise ValueError(f"candidates must look like '<stage>.<k>', got {bad}")
+    return v
+
+
+ModelRefs = Annotated[tuple[str, ...], AfterValidator(_model_refs)]
 
 
 class ConfigError(UserError, ValueError):
@@ -154,17 +172,9 @@ class EvalConfig(Section):
 
 
 class EnsembleConfig(Section):
-    candidates: tuple[str, ...] = Field((), description="'<stage>.<k>' models to combine")
+    candidates: ModelRefs = Field((), description="'<stage>.<k>' models to combine; empty: all")
     sizes: tuple[int, ...] = (2, 3)
     distinct_modalities: bool = Field(True, description="one model per modality (paper App. 3)")
-
-    @field_validator("candidates")
-    @classmethod
-    def _refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [r for r in v if not MODEL_REF.match(r)]
-        if bad:
-            raise ValueError(f"candidates must look like '<stage>.<k>', got {bad}")
-        return v
 
     @field_validator("sizes")
     @classmethod
@@ -246,21 +256,13 @@ OVERRIDABLE_SECTIONS = ("clip", "loader", "model", "train", "evaluate")  # "<sec
 
 
 class PromoteConfig(Section):
-    rgb_candidates: tuple[str, ...] = Field(
+    rgb_candidates: ModelRefs = Field(
         (), description="'<stage>.<k>' RGB models to choose from; empty: every evaluated one"
     )
     ensemble: Literal["best", "greedy"] = Field(
         "best", description="the top-ranked ensemble of metrics/ensembles.json, or greedy's"
     )
     timing_videos: int = Field(4, ge=1, description="val videos timed for CPU ms/video")
-
-    @field_validator("rgb_candidates")
-    @classmethod
-    def _refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [r for r in v if not MODEL_REF.match(r)]
-        if bad:
-            raise ValueError(f"candidates must look like '<stage>.<k>', got {bad}")
-        return v
 
 
 class TrackingConfig(Section):

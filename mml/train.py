@@ -298,7 +298,17 @@ class Trainer:
     def fingerprint(self) -> str:
         """Hash of everything that shapes this stage's training (resume must match it)."""
         data = self.params.model_dump(
-            mode="json", exclude={"tracking", "stages", "evaluate", "paths", "source"}
+            mode="json",
+            exclude={
+                "tracking",
+                "stages",
+                "evaluate",
+                "ensemble",
+                "tune",
+                "promote",
+                "paths",
+                "source",
+            },  # fmt: skip
         )
         del data["loader"]["workers"]  # samples do not depend on it (see mml/data/dataset.py)
         data["stage"] = self.cfg.model_dump(mode="json")

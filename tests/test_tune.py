@@ -140,3 +140,15 @@ def test_zero_trials_is_off_and_keeps_tuned_values(tune_project):
     tuned.write_text(yaml.safe_dump({"stage": "rgb_ml", "values": {"train.lr": 0.02}}))
     mml("tune", "rgb_ml", "--trials", "0")  # a manual run's values survive the pipeline stage
     assert yaml.safe_load(tuned.read_text())["values"] == {"train.lr": 0.02}
+
+
+def test_tuning_and_registry_settings_leave_training_fingerprints_alone(project):
+    from mml.train import Trainer
+
+    def fingerprint(*overrides: str) -> str:
+        params = load_params(project / "params.yaml", list(overrides))
+        return Trainer(params, "rgb_ce", show_progress=False).fingerprint()
+
+    base = fingerprint()
+    assert fingerprint("tune.trials=3", "promote.timing_videos=9", "ensemble.sizes=[2]") == base
+    assert fingerprint("train.lr=0.5") != base  # a training setting does change it
