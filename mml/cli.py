@@ -354,7 +354,12 @@ def predict(
     def action() -> int:
         from mml.registry import load_for_predict
 
-        p = _params(params, overrides)
+        if params == Path("params.yaml") and not params.exists() and not overrides:
+            from mml.config import Params  # outside a project: the defaults (and the env's URI)
+
+            p = Params()
+        else:
+            p = _params(params, overrides)
         loaded = load_for_predict(p, model)
         import pandas as pd
 

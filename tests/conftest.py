@@ -46,7 +46,11 @@ def project(tmp_path, tiny_dataset, monkeypatch) -> Path:
     """A working directory with params.yaml and its own MLflow sqlite store."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_dataset)))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)  # an earlier test may have set another store process-wide
     (tmp_path / "mlruns").mkdir()
     return tmp_path
 
