@@ -348,6 +348,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
+    quiet: QuietOpt = False,  # noqa: ARG001 - accepted like every command; nothing to hide
 ) -> None:
     """Top classes of each VIDEO; a file that cannot be decoded is reported (exit code 1)."""
 

@@ -5,10 +5,12 @@ Readers (and a re-run after `kill -9`) never see half a file: either the old one
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -40,3 +42,24 @@ def file_hash(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed) across processes on this host."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sqlite_init_lock(url: str) -> contextlib.AbstractContextManager:
+    """For a sqlite:/// URL, a lock beside the database file (several processes creating its
+    tables at once fail); for other URLs, nothing (their servers serialise that)."""
+    if not url.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return file_lock(Path(url.removeprefix("sqlite:///") + ".init-lock"))

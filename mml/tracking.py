@@ -7,8 +7,6 @@ resumed training continues its own runs.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import subprocess
 import time
@@ -19,6 +17,7 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from mml import fsio
 from mml.config import Params, StageConfig
 
 DEFAULT_STORE = Path("mlruns")
@@ -44,7 +43,7 @@ def client_and_experiment(params: Params) -> tuple[MlflowClient, str]:
 
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
-    with _store_init_lock(uri):  # several processes on a new sqlite store: one creates it
+    with fsio.sqlite_init_lock(uri):  # several processes on a new sqlite store: one creates it
         client = MlflowClient(tracking_uri=uri)
         name = experiment_name(params)
         experiment = client.get_experiment_by_name(name)
@@ -61,22 +60,6 @@ def client_and_experiment(params: Params) -> tuple[MlflowClient, str]:
         if experiment is None:
             raise
         return client, experiment.experiment_id
-
-
-@contextlib.contextmanager
-def _store_init_lock(uri: str):
-    """Hold an exclusive file lock beside a sqlite store while MLflow creates its tables."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    lock = Path(uri.removeprefix("sqlite:///") + ".init-lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def git_commit() -> str:

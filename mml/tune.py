@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mml import tracking
 from mml.config import ConfigError, Params, SearchParam
-from mml.fsio import atomic_write_text
+from mml.fsio import atomic_write_text, sqlite_init_lock
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -92,7 +92,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage for a SQLAlchemy URL (with heartbeats, so a dead worker's trial is
     failed), else a journal file (safe for several local processes)."""
     if "://" in url:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        with sqlite_init_lock(url):  # two workers on a new sqlite file: one creates the tables
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(str(path))

@@ -36,15 +36,19 @@ def tune_project(project):
     return project
 
 
-def test_two_workers_share_one_study_without_duplicates(tune_project):
-    cmd = [sys.executable, "-m", "mml", "tune", "rgb_ml", "--trials", "4", "--quiet"]
+@pytest.mark.parametrize("storage", ["journal", "rdb"])
+def test_two_workers_share_one_study_without_duplicates(tune_project, storage):
+    """Two processes, one study: a journal file (the default) or an RDB (SQLAlchemy URL)."""
+    url = (str(tune_project / "optuna/tiny.journal") if storage == "journal"
+           else f"sqlite:///{tune_project / 'optuna.db'}")  # fmt: skip
+    cmd = [sys.executable, "-m", "mml", "tune", "rgb_ml", "--trials", "4", "--quiet",
+           "--storage", url]  # fmt: skip
     workers = [subprocess.Popen(cmd, cwd=tune_project, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
 
-    storage = open_storage(str(tune_project / "optuna/tiny.journal"))
-    study = optuna.load_study(study_name="mml-tiny-rgb_ml", storage=storage)
+    study = optuna.load_study(study_name="mml-tiny-rgb_ml", storage=open_storage(url))
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 4  # the study's total, not 4 per worker
     assert len({t.number for t in done}) == 4
