@@ -16,8 +16,17 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save `payload` (tensors and plain Python values only) atomically."""
-    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    """torch.save `payload` (tensors and plain Python values only) atomically.
+
+    If the write fails (e.g. the disk is full) the previous file at `path` is left intact.
+    """
+    try:
+        atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {err.strerror or err}; the previous checkpoint "
+            "there (if any) is intact. Free space and run the same command again to resume."
+        ) from None
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -112,7 +112,10 @@ def best_ensemble(params: Params) -> tuple[str, list[str], str, dict[str, float]
         log.warning("%s missing: run `mml ensemble` to promote an ensemble too", path)
         return None
     report = json.loads(path.read_text(encoding="utf-8"))
-    best = report["greedy_best"] if params.promote.ensemble == "greedy" else report["best"]
+    key = "greedy_best" if params.promote.ensemble == "greedy" else "best"
+    if key not in report:
+        raise ConfigError(f"{path} has no {key!r} entry; run `mml ensemble` again.")
+    best = report[key]
     if len(best["members"]) < 2:
         log.warning(
             "the %s ensemble is a single model; no ensemble promoted", params.promote.ensemble

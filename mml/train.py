@@ -241,6 +241,8 @@ class Trainer:
         raising); `parent_run_id` nests the stage's MLflow run, which gets `run_tags`, `run_name`.
         """
         client, experiment_id = tracking.client_and_experiment(self.params)
+        for tmp in self.out_dir.glob(".*.tmp"):  # half-written files of a killed run
+            tmp.unlink(missing_ok=True)
         state = None if restart else self._saved_state(strict=not restart_if_changed)
         if state is not None:
             self._resume(client, state)
