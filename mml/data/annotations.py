@@ -67,12 +67,31 @@ def label_counts(ann: Annotations) -> np.ndarray:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(ann.classes))
 
 
+# ---------------------------------------------------------------- text, ids
+_NOT_UTF8 = "not UTF-8 text (save the file as UTF-8)"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
+        raise AnnotationError(path, line, _NOT_UTF8) from e
+
+
+def _check_id(video_id: str, file: Path, line: int) -> None:
+    """A video id names files (<id><ext>, cache <id>.npy): one plain path component only."""
+    if video_id in (".", "..") or any(c in video_id for c in "/\\\0"):
+        fix = "ids are file names: no '/', '\\', NUL, '.' or '..'"
+        raise AnnotationError(file, line, f"video id {video_id!r} escapes the data root ({fix})")
+
+
 # ---------------------------------------------------------------- JSON with line numbers
 
 
 def _load_json(path: Path, expected: type) -> str:
     """Return the text of a JSON file whose top level is `expected` (list or dict)."""
-    text = Path(path).read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -163,6 +182,7 @@ def read_ssv2(
         if not isinstance(video_id, str) or not video_id:
             fix = 'give each entry an "id" string such as "78687"'
             raise AnnotationError(split_json, line, f"bad or missing id {video_id!r} ({fix})")
+        _check_id(video_id, split_json, line)
         if video_id in seen:
             raise AnnotationError(split_json, line, f"video id {video_id!r} repeated (keep one)")
         seen.add(video_id)
@@ -228,6 +248,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                 start = reader.line_num + 1  # rows may span lines (quoted newlines)
         except csv.Error as e:
             raise AnnotationError(path, reader.line_num, f"invalid CSV: {e} (fix quoting)") from e
+        except UnicodeDecodeError as e:
+            raise AnnotationError(path, reader.line_num + 1, _NOT_UTF8) from e
 
 
 def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
@@ -242,7 +264,7 @@ def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
 def _read_charades_classes(classes_txt: Path) -> tuple[str, ...]:
     """Class names from lines "c000 Holding some clothes", codes in order c000, c001, ..."""
     names: list[str] = []
-    lines = Path(classes_txt).read_text(encoding="utf-8-sig").splitlines()
+    lines = _read_text(classes_txt).splitlines()
     for line_no, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -305,6 +327,7 @@ def read_charades(
         video_id = row[id_col].strip()
         if not video_id or video_id in seen:
             raise AnnotationError(split_csv, line, f"empty or repeated id {video_id!r} (keep one)")
+        _check_id(video_id, split_csv, line)
         seen.add(video_id)
         labels = _parse_actions(row[actions_col], len(classes), split_csv, line)
         records.append(VideoRecord(video_id, Path(video_dir) / f"{video_id}{ext}", labels))
