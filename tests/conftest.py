@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,23 @@ def project(tmp_path, tiny_dataset, monkeypatch) -> Path:
 def copy_dataset(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll `url` until it answers; fail with the server's output if it exits first."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert server.poll() is None, server.stdout.read()
+            assert time.time() < deadline, f"{url} did not answer within {timeout} s"
+            time.sleep(1)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_params
+from conftest import free_port, tiny_params, wait_for_http
 from mlflow.tracking import MlflowClient
 from test_pipeline import mml, runner
 
@@ -217,15 +215,9 @@ def test_live_inputs_are_the_evaluation_inputs(promoted):
                 assert (got - expected).abs().max().item() < 2.5 * (1 / 255) / 0.226
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_a_scoring_request(promoted, odd_videos):
     source, videos, broken = odd_videos
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     server = subprocess.Popen(
@@ -234,15 +226,7 @@ def test_mlflow_models_serve_answers_a_scoring_request(promoted, odd_videos):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.time() < deadline, "server did not start"
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server)
         body = {"dataframe_records": [{"video": str(source)}, {"video": str(broken[1])}],
                 "params": {"top_k": 2}}  # fmt: skip
         request = urllib.request.Request(

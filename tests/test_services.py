@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import free_port, wait_for_http
 from mlflow.tracking import MlflowClient
 from test_pipeline import mml
 
@@ -18,17 +16,11 @@ from mml.config import load_params
 from mml.data.dataset import load_split
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` with a sqlite backend and proxied artifacts, as in production (where
     the database is PostgreSQL/MySQL and the artifact root an object store)."""
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
     command = [str(Path(sys.executable).parent / "mlflow"), "server",
@@ -38,15 +30,7 @@ def mlflow_server(tmp_path):
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.time() < deadline, "mlflow server did not start"
-                time.sleep(1)
+        wait_for_http(f"{url}/health", server)
         yield url
     finally:
         server.terminate()
