@@ -180,9 +180,30 @@ def train(
     tuned: Annotated[
         bool, typer.Option(help="apply the values `mml tune STAGE` wrote to tuned/STAGE.yaml")
     ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="processes on this machine (DDP via torchrun; 1 per GPU); default: compute.nproc",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train every model of STAGE (resumes from checkpoints/STAGE/last.pt)."""
+    """Train every model of STAGE (resumes from checkpoints/STAGE/last.pt).
+
+    With --nproc N (or under `torchrun --nproc-per-node N -m mml train STAGE`) the models
+    train with DistributedDataParallel; each process takes 1/N of every batch.
+    """
+    if "WORLD_SIZE" not in os.environ:  # not started by torchrun: start it if asked to
+        nproc = nproc or _run(lambda: _params(params, overrides).compute.nproc)
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from mml.distributed import launch
+
+        argv = ["train", stage, "--params", str(params)]
+        argv += [a for o in overrides or [] for a in ("--set", o)]
+        flags = {"--restart": restart, "--restart-if-changed": restart_if_changed,
+                 "--tuned": tuned, "--quiet": quiet}  # fmt: skip
+        raise typer.Exit(launch(nproc, argv + [f for f, on in flags.items() if on]))
 
     def action() -> None:
         from mml.train import train_stage
@@ -195,6 +216,8 @@ def train(
         final = train_stage(p, stage, restart=restart,
                             restart_if_changed=restart_if_changed,
                             show_progress=not quiet)  # fmt: skip
+        if os.environ.get("RANK", "0") != "0":
+            return  # rank 0 reports
         for k, metrics in enumerate(final):
             shown = {m: round(v, 2) for m, v in metrics.items() if m.startswith("val/")}
             typer.echo(f"{stage}.{k}: {shown}")

@@ -265,6 +265,21 @@ class PromoteConfig(Section):
     timing_videos: int = Field(4, ge=1, description="val videos timed for CPU ms/video")
 
 
+class ComputeConfig(Section):
+    """Where training runs; none of it changes what a run computes (not in the fingerprint)."""
+
+    nproc: int = Field(1, ge=1, description="`mml train` processes on this machine (DDP)")
+    device: str = Field("auto", description="auto: cuda:<LOCAL_RANK> when available, else cpu")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend; auto: nccl on GPUs, gloo on CPU"
+    )
+    sync_bn: bool = Field(True, description="BatchNorm statistics over all processes' shards")
+    precision: Literal["float32", "float64"] = Field(
+        "float32", description="float64: slow; for exact comparisons (e.g. DDP vs 1 process)"
+    )
+    timeout_minutes: float = Field(30.0, gt=0, description="collective timeout (rank 0 logs)")
+
+
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlruns")
     experiment: str | None = Field(None, description="None: mml-<dataset.name>")
@@ -360,6 +375,7 @@ class Params(Section):
     ensemble: EnsembleConfig = EnsembleConfig()
     tune: TuneConfig = TuneConfig()
     promote: PromoteConfig = PromoteConfig()
+    compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
     paths: PathsConfig = PathsConfig()
     stages: dict[str, StageConfig] = Field(default_factory=dict)

@@ -94,14 +94,21 @@ def predict_dataset(
     fuse: str,
     label: str = "predict",
     show_progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Predictions:
-    """Run each model on its modality of every test view; fuse views (logits or probs)."""
+    """Run each model on its modality of every test view; fuse views (logits or probs).
+
+    With `world_size` > 1, only process `rank`'s contiguous part of the dataset
+    (`merge_predictions` of every rank's result, in rank order, is the whole).
+    """
     from mml.data.dataset import make_loader
 
     multilabel = dataset.multilabel
     for model in models:
         model.eval()
-    batches = make_loader(dataset, loader, shuffle=False, seed=0, batch_size=batch_size)
+    batches = make_loader(dataset, loader, shuffle=False, seed=0, batch_size=batch_size,
+                          rank=rank, world_size=world_size)  # fmt: skip
     scores: list[list[np.ndarray]] = [[] for _ in models]
     targets, ids, skipped = [], [], []
     with progress_bar(label, len(batches), show_progress) as advance:
@@ -120,14 +127,31 @@ def predict_dataset(
     return Predictions(members, skipped)
 
 
+def merge_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """One `Predictions` from the parts of consecutive slices of a dataset (in order)."""
+    members = []
+    for k in range(len(parts[0].members)):
+        pieces = [p.members[k] for p in parts if p.members[k].ids]
+        if not pieces:
+            members.append(parts[0].members[k])
+            continue
+        members.append(Prediction(
+            np.concatenate([p.scores for p in pieces]),
+            np.concatenate([p.targets for p in pieces]),
+            [i for p in pieces for i in p.ids],
+        ))  # fmt: skip
+    return Predictions(members, [s for p in parts for s in p.skipped])
+
+
 def fuse_views(model: torch.nn.Module, x: torch.Tensor, fuse: str, multilabel: bool) -> np.ndarray:
     """x: (B, V, T, C, H, W) -> (B, K) probabilities, averaging logits or probabilities."""
     b, v = x.shape[:2]
-    logits = model(x.flatten(0, 1)).view(b, v, -1)
+    param = next(model.parameters())
+    logits = model(x.flatten(0, 1).to(param.device, param.dtype)).view(b, v, -1)
     activate = torch.sigmoid if multilabel else (lambda z: torch.softmax(z, dim=-1))
     if fuse == "logits":
-        return activate(logits.mean(dim=1)).numpy()
-    return activate(logits).mean(dim=1).numpy()
+        return activate(logits.mean(dim=1)).cpu().numpy()
+    return activate(logits).mean(dim=1).cpu().numpy()
 
 
 def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) -> dict:
@@ -135,6 +159,7 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     from mml import tracking
     from mml.data.dataset import VideoClips, load_split, stage_caches
     from mml.data.sampling import ViewPlan
+    from mml.distributed import pick_device
     from mml.models.factory import model_from_checkpoint
 
     cfg = params.stage(stage)
@@ -142,7 +167,8 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     ann = load_split(params.dataset, "val")
     plan = ViewPlan(dense=params.evaluate.dense_views, uniform=params.evaluate.uniform_views)
     paths = [params.paths.checkpoints / stage / f"{k}.pt" for k in range(len(cfg.models))]
-    loaded = [model_from_checkpoint(p) for p in paths]
+    device = pick_device(params.compute.device)
+    loaded = [(model.to(device), meta) for model, meta in map(model_from_checkpoint, paths)]
     modalities = [meta["modality"] for _, meta in loaded]
     # Each model is tested on its own modality's positions, as it runs when deployed alone
     # (mml predict): the cross-modal alignment of §2.3 is for training together.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, *, multilabel: bool) -> torch.Tensor:
     """Cross-entropy (single-label) or BCE-with-logits averaged over B*N (multi-label)."""
     if multilabel:
-        return F.binary_cross_entropy_with_logits(logits, targets.float())
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
     return F.cross_entropy(logits, targets)
 
 

@@ -1,12 +1,13 @@
-"""What a stage needs before its first step: optimizers, init checks, the frozen teacher."""
+"""What a stage needs before its first step: optimizer, learning rates, init checks, teacher."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
-from mml.config import ConfigError, Params, StageConfig
+from mml.config import ConfigError, Params, StageConfig, TrainConfig
 from mml.models.factory import model_from_checkpoint, model_path
 
 
@@ -30,6 +31,15 @@ def make_optimizer(
     if t.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=t.lr)
     return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum)
+
+
+def learning_rate(t: TrainConfig, epoch: float) -> float:
+    """Learning rate at fractional `epoch`: linear warm-up, then cosine or step decay."""
+    if epoch < t.warmup_epochs:
+        return t.lr * (epoch + 1e-3) / t.warmup_epochs
+    if t.schedule == "cosine":
+        return 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
+    return t.lr * t.lr_decay ** sum(epoch >= s for s in t.lr_steps)
 
 
 def check_inits(stage: str, cfg: StageConfig) -> None:

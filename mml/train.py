@@ -4,27 +4,27 @@
 the same clips, task loss (+ w * mutual KL to the detached peers for ML/MML, + the MSE to a
 frozen teacher's features (MARS) or logits (D3D)), one backward, every optimizer steps.
 Everything random is seeded from (seed, epoch), so a run interrupted after any epoch and
-resumed from `last.pt` ends with the same numbers.
+resumed from `last.pt` ends with the same numbers. Under torchrun the stage's models run as
+one DistributedDataParallel module over each process's slice of the global batch (see
+`mml.distributed`); rank 0 alone logs to MLflow and writes checkpoints.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mml import checkpoint, fsio, losses, tracking
+from mml import distributed, losses, stage_files, tracking
 from mml.config import Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
-from mml.models.factory import build_model, model_meta, model_path
+from mml.distributed import World
+from mml.models.factory import build_model, model_meta
 from mml.progress import progress_bar
-from mml.stage_setup import check_inits, load_teacher, make_optimizer
+from mml.stage_setup import check_inits, learning_rate, load_teacher, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,23 @@ class Member:
     optimizer: torch.optim.Optimizer
     run_id: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+class JointForward(torch.nn.Module):
+    """A stage's models as one module: one DistributedDataParallel wraps them all (one
+    gradient all-reduce per step), MARS's feature maps included."""
+
+    def __init__(self, models: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(
+        self, inputs: list[torch.Tensor], with_features: bool = False
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return [
+            model.forward_with_features(x) if with_features else (model(x), None)
+            for model, x in zip(self.models, inputs, strict=True)
+        ]
 
 
 @dataclass
@@ -56,23 +73,33 @@ class JointStep:
     clip_grad: float | None = None
     teacher: torch.nn.Module | None = None
     teacher_modality: str = ""
+    net: torch.nn.Module | None = None  # the members' models as one (DDP) module
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
 
-    def __call__(self, batch: Batch, lr: float) -> list[dict[str, float]]:
-        """One optimisation step of every model on `batch`; returns per-model loss terms."""
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = JointForward([m.model for m in self.members])
+
+    def __call__(self, batch: Batch, lr: float, weight: float = 1.0) -> list[dict[str, float]]:
+        """One optimisation step of every model on `batch`; returns per-model loss terms.
+
+        `weight` scales the loss that is backpropagated (DDP: this process's share of a global
+        batch whose shards differ in size); the returned terms are unscaled.
+        """
         method, cfg = self.cfg.method, self.cfg
-        outputs = [
-            m.model.forward_with_features(batch.inputs[m.modality])
-            if method == "mars"  # MARS matches feature maps before global pooling
-            else (m.model(batch.inputs[m.modality]), None)
-            for m in self.members
-        ]
+        targets = batch.targets.to(self.device)
+        inputs = [batch.inputs[m.modality].to(self.device, self.dtype) for m in self.members]
+        # MARS matches feature maps before global pooling
+        outputs = self.net(inputs, with_features=method == "mars")
         logits = [out[0] for out in outputs]
         if self.teacher is not None:
             with torch.no_grad():
-                teacher = self.teacher.forward_with_features(batch.inputs[self.teacher_modality])
+                x = batch.inputs[self.teacher_modality].to(self.device, self.dtype)
+                teacher = self.teacher.forward_with_features(x)
         stats, total = [], 0.0
         for i, (own, fmap) in enumerate(outputs):
-            loss_task = losses.task_loss(own, batch.targets, multilabel=self.multilabel)
+            loss_task = losses.task_loss(own, targets, multilabel=self.multilabel)
             loss = loss_task
             terms = {"train/loss_ce": loss_task.item()}
             if method in ("ml", "mml"):
@@ -88,14 +115,14 @@ class JointStep:
                 loss = loss + cfg.distill * loss_distill
                 terms["train/loss_distill"] = loss_distill.item()
             terms["train/loss"] = loss.item()
-            terms["train/top1"] = _top1(own, batch.targets, self.multilabel)
+            terms["train/top1"] = _top1(own, targets, self.multilabel)
             stats.append(terms)
             total = total + loss
         for m in self.members:
             m.optimizer.zero_grad(set_to_none=True)
             for group in m.optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-        total.backward()  # models share no parameters: one backward serves all
+        (total * weight).backward()  # models share no parameters: one backward serves all
         for m in self.members:
             if self.clip_grad:
                 torch.nn.utils.clip_grad_norm_(m.model.parameters(), self.clip_grad)
@@ -119,12 +146,15 @@ class Trainer:
         *,
         show_progress: bool = True,
         out_dir: Path | None = None,
+        world: World | None = None,
     ) -> None:
         self.stage = stage
         self.cfg = params.stage(stage)
         self.params = params.for_stage(stage)
         check_inits(stage, self.cfg)
-        self.show_progress = show_progress
+        self.world = world or World(device=distributed.pick_device(self.params.compute.device))
+        self.dtype = getattr(torch, self.params.compute.precision)
+        self.show_progress = show_progress and self.world.main
         # checkpoints (and curves) of this run; elsewhere than checkpoints/<stage> for tuning trials
         self.out_dir = out_dir or self.params.paths.checkpoints / stage
         self.curves_dir = (
@@ -139,6 +169,7 @@ class Trainer:
             self.teacher, self.teacher_modality = load_teacher(
                 self.params.paths.checkpoints, self.cfg.teacher, self.num_classes, stage
             )
+            self.teacher.to(self.world.device, self.dtype)
         modalities = sorted({m.modality for m in self.cfg.models} | {self.teacher_modality} - {""})
         caches = stage_caches(self.params, modalities)
         self.train_set = VideoClips(
@@ -154,6 +185,8 @@ class Trainer:
             self.cfg, self.members, self.multilabel, self.num_classes,
             clip_grad=self.params.train.clip_grad, teacher=self.teacher,
             teacher_modality=self.teacher_modality,
+            net=distributed.wrap(JointForward([m.model for m in self.members]), self.world),
+            device=self.world.device, dtype=self.dtype,
         )  # fmt: skip
         self.start_epoch = 0
         self.parent_run_id = ""
@@ -164,7 +197,9 @@ class Trainer:
         model = build_model(
             self.params.model, len(self.train_ann.classes), spec.modality, spec.init,
             checkpoints=self.params.paths.checkpoints,
-        )  # fmt: skip
+        ).to(self.world.device, self.dtype)  # fmt: skip
+        if self.world.distributed and self.params.compute.sync_bn:
+            model = distributed.sync_batchnorm(model, self.world.device)
         optimizer = make_optimizer(model, self.params, fresh_head=spec.init == "imagenet")
         return Member(k, spec.modality, model, optimizer)
 
@@ -174,38 +209,56 @@ class Trainer:
 
     # ---- epochs --------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[list[dict[str, float]], int]:
-        torch.manual_seed(self.params.seed * 7919 + epoch)  # dropout stream of this epoch
+        """One epoch; per-model mean loss terms over all processes' samples, and skips."""
+        w = self.world
+        torch.manual_seed((self.params.seed * 7919 + epoch) * w.size + w.rank)  # dropout stream
         for m in self.members:
             m.model.train()
-        loader = make_loader(self.train_set, self.params.loader, shuffle=True,
-                             seed=self.params.seed, epoch=epoch)  # fmt: skip
-        sums = [dict() for _ in self.members]
+        loader = make_loader(self.train_set, self.params.loader, shuffle=True, epoch=epoch,
+                             seed=self.params.seed, rank=w.rank, world_size=w.size)  # fmt: skip
+        sums: list[dict[str, float]] = [dict() for _ in self.members]
         seen, skipped = 0, 0
         with progress_bar(
             f"{self.stage} epoch {epoch + 1}", len(loader), self.show_progress
         ) as bar:
             for i, batch in enumerate(loader):
                 skipped += len(batch.skipped)
-                if batch.ids:
+                counts = distributed.all_gather_int(w, len(batch.ids))
+                if min(counts) > 0:
                     lr = self.lr_at(epoch + i / len(loader))
                     n = len(batch.ids)
-                    for acc, terms in zip(sums, self.step(batch, lr), strict=True):
-                        for key, value in terms.items():
+                    # DDP averages gradients over processes: weight each by its share
+                    terms = self.joint(batch, lr, weight=w.size * n / sum(counts))
+                    for acc, t in zip(sums, terms, strict=True):
+                        for key, value in t.items():
                             acc[key] = acc.get(key, 0.0) + value * n
                     seen += n
+                elif sum(counts):  # every process must step together
+                    log.warning("%s: a process got only broken videos; the other %d "
+                                "videos of this batch are not trained on",
+                                self.stage, sum(counts))  # fmt: skip
                 bar()
-        return [{k: v / max(seen, 1) for k, v in acc.items()} for acc in sums], skipped
+        keys = [list(acc) for acc in sums]  # the same on every process
+        totals = distributed.all_sum(
+            w, [seen, skipped, *(acc[k] for acc, ks in zip(sums, keys, strict=True) for k in ks)]
+        )
+        seen, skipped, flat = max(int(totals[0]), 1), int(totals[1]), iter(totals[2:])
+        return [{k: next(flat) / seen for k in ks} for ks in keys], skipped
 
     @torch.no_grad()
     def validate(self) -> tuple[list[dict[str, float]], int]:
         """Single centre-view validation of every model (the paper's ablation protocol)."""
-        from mml.evaluate import predict_dataset, summarize
+        from mml.evaluate import merge_predictions, predict_dataset, summarize
 
+        w = self.world
         results = predict_dataset(
             [m.model for m in self.members], [m.modality for m in self.members], self.val_set,
             self.params.loader, batch_size=self.params.evaluate.batch_size, fuse="logits",
             label=f"{self.stage} validate", show_progress=self.show_progress,
+            rank=w.rank, world_size=w.size,
         )  # fmt: skip
+        if w.distributed:  # each process predicted its part of the validation set
+            results = merge_predictions(distributed.all_gather_objects(w, results))
         metrics = [
             {f"val/{k}": v for k, v in summarize(r.scores, r.targets, self.multilabel).items()}
             for r in results.members
@@ -213,13 +266,7 @@ class Trainer:
         return metrics, len(results.skipped)
 
     def lr_at(self, epoch: float) -> float:
-        """Learning rate at fractional `epoch`: linear warm-up, then cosine or step decay."""
-        t = self.params.train
-        if epoch < t.warmup_epochs:
-            return t.lr * (epoch + 1e-3) / t.warmup_epochs
-        if t.schedule == "cosine":
-            return 0.5 * t.lr * (1 + math.cos(math.pi * epoch / t.epochs))
-        return t.lr * t.lr_decay ** sum(epoch >= s for s in t.lr_steps)
+        return learning_rate(self.params.train, epoch)
 
     # ---- the whole run ---------------------------------------------------------------------
     def run(
@@ -240,44 +287,62 @@ class Trainer:
         runs after every epoch (tuning reports to Optuna there, and may stop the run by
         raising); `parent_run_id` nests the stage's MLflow run, which gets `run_tags`, `run_name`.
         """
-        client, experiment_id = tracking.client_and_experiment(self.params)
-        for tmp in self.out_dir.glob(".*.tmp"):  # half-written files of a killed run
-            tmp.unlink(missing_ok=True)
-        state = None if restart else self._saved_state(strict=not restart_if_changed)
-        if state is not None:
-            self._resume(client, state)
-        else:
-            digest = self.fingerprint()
-            for stale in self.out_dir.glob("*.pt"):  # e.g. 2.pt of an earlier 3-model stage
-                stale.unlink()
-            self.parent_run_id = tracking.start_stage(
-                client, experiment_id, self.params, self.stage, params_hash=digest,
-                parent_run_id=parent_run_id, extra_tags=run_tags, run_name=run_name,
-            )  # fmt: skip
-            for m in self.members:
-                m.run_id = tracking.start_model(
-                    client, experiment_id, self.params, self.stage, m.index, self.parent_run_id,
-                    params_hash=digest,
-                )  # fmt: skip
+        w = self.world
+        client = self._open(restart, restart_if_changed, parent_run_id, run_tags, run_name)
         for epoch in range(self.start_epoch, self.params.train.epochs):
             train_stats, skipped = self.train_epoch(epoch)
             val_stats, val_skipped = self.validate()
             for m, tr, va in zip(self.members, train_stats, val_stats, strict=True):
                 row = {**tr, **va, "lr": self.lr_at(epoch), "data/skipped": skipped + val_skipped}
                 m.history.append(row)
-                tracking.log_metrics(client, m.run_id, row, step=epoch)
+                if w.main:
+                    tracking.log_metrics(client, m.run_id, row, step=epoch)
             for m in self.members:
                 shown = ", ".join(f"{k} {v:.3g}" for k, v in m.history[-1].items() if k != "lr")
                 log.info("%s.%d epoch %d/%d: %s", self.stage, m.index, epoch + 1,
                          self.params.train.epochs, shown)  # fmt: skip
-            self._save(epoch + 1)
-            self._write_curves()
+            if w.main:
+                self._save(epoch + 1)
+                self._write_curves()
             if on_epoch is not None:
                 on_epoch(epoch, [m.history[-1] for m in self.members])
-        for m in self.members:
-            tracking.log_artifacts(client, m.run_id, [self.out_dir / f"{m.index}.pt"], "checkpoint")
-        self.end_runs(client)
+        if w.main:
+            for m in self.members:
+                path = self.out_dir / f"{m.index}.pt"
+                tracking.log_artifacts(client, m.run_id, [path], "checkpoint")
+            self.end_runs(client)
         return [m.history[-1] for m in self.members]
+
+    def _open(self, restart, restart_if_changed, parent_run_id, run_tags, run_name):
+        """Resume from last.pt or start fresh; (re)open the MLflow runs (rank 0: its client)."""
+        w = self.world
+        client, experiment_id = (
+            tracking.client_and_experiment(self.params) if w.main else (None, "")
+        )
+        if w.main:
+            for tmp in self.out_dir.glob(".*.tmp"):  # half-written files of a killed run
+                tmp.unlink(missing_ok=True)
+        state = None if restart else self._saved_state(strict=not restart_if_changed)
+        distributed.barrier(w)  # every process has read last.pt before rank 0 replaces it
+        if state is not None:
+            self._resume(client, state)
+        elif w.main:
+            digest = self.fingerprint()
+            for stale in self.out_dir.glob("*.pt"):  # e.g. 2.pt of an earlier 3-model stage
+                stale.unlink()
+            tags = {**(run_tags or {}), "mml.processes": str(w.size)}
+            self.parent_run_id = tracking.start_stage(
+                client, experiment_id, self.params, self.stage, params_hash=digest,
+                parent_run_id=parent_run_id, extra_tags=tags, run_name=run_name,
+            )  # fmt: skip
+            for m in self.members:
+                m.run_id = tracking.start_model(
+                    client, experiment_id, self.params, self.stage, m.index, self.parent_run_id,
+                    params_hash=digest,
+                )  # fmt: skip
+        if w.distributed:
+            log.info("%s: %d processes (%s) on %s", self.stage, w.size, w.backend, w.device)
+        return client
 
     def end_runs(self, client, status: str = "FINISHED") -> None:
         """Close the MLflow runs of the stage and its models."""
@@ -286,44 +351,14 @@ class Trainer:
                 tracking.end_run(client, run_id, status)
 
     def _write_curves(self) -> None:
-        """plots/<stage>/curves/<k>.csv: one row per epoch (DVC plots; `/` in names -> `_`)."""
-        for m in self.members:
-            keys = list(dict.fromkeys(k for row in m.history for k in row))
-            lines = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
-            for epoch, row in enumerate(m.history, start=1):
-                lines.append(
-                    ",".join([str(epoch), *(f"{row.get(k, float('nan')):.6g}" for k in keys)])
-                )
-            path = self.curves_dir / f"{m.index}.csv"
-            fsio.atomic_write_text(path, "\n".join(lines) + "\n")
+        stage_files.write_curves(self.curves_dir, [(m.index, m.history) for m in self.members])
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes this stage's training (resume must match it)."""
-        data = self.params.model_dump(
-            mode="json",
-            exclude={
-                "tracking",
-                "stages",
-                "evaluate",
-                "ensemble",
-                "tune",
-                "promote",
-                "paths",
-                "source",
-            },  # fmt: skip
-        )
-        del data["loader"]["workers"]  # samples do not depend on it (see mml/data/dataset.py)
-        data["stage"] = self.cfg.model_dump(mode="json")
-        refs = {m.init for m in self.cfg.models if m.init not in ("scratch", "imagenet")}
-        if self.cfg.teacher:
-            refs.add(self.cfg.teacher)
-        data["sources"] = {  # the checkpoints this stage starts from or learns from
-            ref: fsio.file_hash(model_path(self.params.paths.checkpoints, ref))
-            for ref in sorted(refs)
-        }
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return stage_files.fingerprint(self.params, self.cfg)
 
     def _save(self, epochs_done: int) -> None:
+        models = []
         for m in self.members:
             meta = model_meta(
                 self.params.model, m.model, m.modality, classes=list(self.train_ann.classes),
@@ -331,38 +366,12 @@ class Trainer:
                 run_id=m.run_id, parent_run_id=self.parent_run_id, epochs=epochs_done,
                 multilabel=self.multilabel, clip=self.params.clip.model_dump(mode="json"),
             )  # fmt: skip
-            checkpoint.save(
-                self.out_dir / f"{m.index}.pt",
-                {"format": 1, "state_dict": m.model.state_dict(), "meta": meta},
-            )
-        checkpoint.save(self.out_dir / "last.pt", {
-            "format": 1,
-            "fingerprint": self.fingerprint(),
-            "epoch": epochs_done,
-            "parent_run_id": self.parent_run_id,
-            "members": [
-                {"model": m.model.state_dict(), "optimizer": m.optimizer.state_dict(),
-                 "run_id": m.run_id, "history": m.history}
-                for m in self.members
-            ],
-        })  # fmt: skip
+            models.append(stage_files.SavedModel(m.model, m.optimizer, meta, m.history))
+        stage_files.save(self.out_dir, models, fingerprint=self.fingerprint(),
+                         epochs_done=epochs_done, parent_run_id=self.parent_run_id)  # fmt: skip
 
     def _saved_state(self, *, strict: bool) -> dict | None:
-        """last.pt's content if it exists and was written by this exact configuration."""
-        path = self.out_dir / "last.pt"
-        if not path.exists():
-            return None
-        state = checkpoint.load(path)
-        if state.get("fingerprint") == self.fingerprint():
-            return state
-        if strict:
-            raise checkpoint.CheckpointError(
-                f"{path} was written with other params (or init/teacher checkpoints) for stage "
-                f"{self.stage!r}; pass --restart to train from scratch (the old checkpoint is "
-                "replaced)."
-            )
-        log.info("%s: inputs changed since %s was written; starting over", self.stage, path)
-        return None
+        return stage_files.saved_state(self.out_dir, self.fingerprint(), self.stage, strict=strict)
 
     def _resume(self, client, state: dict) -> None:
         self.start_epoch = state["epoch"]
@@ -371,8 +380,9 @@ class Trainer:
             m.model.load_state_dict(saved["model"])
             m.optimizer.load_state_dict(saved["optimizer"])
             m.run_id, m.history = saved["run_id"], list(saved["history"])
-        for run_id in [self.parent_run_id, *(m.run_id for m in self.members)]:
-            tracking.resume_run(client, run_id)
+        if self.world.main:
+            for run_id in [self.parent_run_id, *(m.run_id for m in self.members)]:
+                tracking.resume_run(client, run_id)
         log.info("%s: resuming after epoch %d from last.pt", self.stage, self.start_epoch)
 
 
@@ -384,6 +394,16 @@ def train_stage(
     restart_if_changed: bool = False,
     show_progress: bool = True,
 ) -> list[dict]:
-    """Train `stage` (resume when possible) and return the final per-model metrics."""
-    trainer = Trainer(params, stage, show_progress=show_progress)
-    return trainer.run(restart=restart, restart_if_changed=restart_if_changed)
+    """Train `stage` (resume when possible) and return the final per-model metrics.
+
+    Under torchrun (RANK/WORLD_SIZE set) this process joins the others first.
+    """
+    world = distributed.setup(params.for_stage(stage).compute)
+    try:
+        trainer = Trainer(params, stage, show_progress=show_progress, world=world)
+        final = trainer.run(restart=restart, restart_if_changed=restart_if_changed)
+    except BaseException:
+        distributed.teardown(world, wait=False)
+        raise
+    distributed.teardown(world)
+    return final

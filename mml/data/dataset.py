@@ -23,6 +23,7 @@ from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
 from mml.data.cache import cache_path, open_cached
 from mml.data.video import VideoDecodeError, num_frames, read_frames
+from mml.distributed import ShardedBatches, epoch_generator, shard_indices
 
 log = logging.getLogger(__name__)
 
@@ -222,21 +223,33 @@ def make_loader(
     seed: int,
     epoch: int = 0,
     batch_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader over `dataset` for `epoch`, shuffled by (seed, epoch) when asked."""
+    """A DataLoader over `dataset` for `epoch`, shuffled by (seed, epoch) when asked.
+
+    With `world_size` > 1 it yields process `rank`'s share: its slice of every shuffled
+    global batch (`mml.distributed.ShardedBatches`), or its contiguous part of the unshuffled
+    dataset.
+    """
     dataset.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size or loader.batch_size,
-        shuffle=shuffle,
+    batch_size = batch_size or loader.batch_size
+    common = dict(
         num_workers=loader.workers,
         collate_fn=collate,
-        generator=generator,
-        drop_last=False,
+        generator=epoch_generator(seed, epoch),
         persistent_workers=False,
         multiprocessing_context="fork" if loader.workers else None,
     )
+    if world_size > 1 and shuffle:
+        sharded = ShardedBatches(
+            len(dataset), batch_size, seed=seed, epoch=epoch, rank=rank, size=world_size
+        )
+        return DataLoader(dataset, batch_sampler=sharded, **common)
+    if world_size > 1:
+        part = shard_indices(len(dataset), rank, world_size)
+        return DataLoader(dataset, batch_size=batch_size, sampler=part, **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, **common)
 
 
 def check_videos(annotations: Annotations, *, show_progress: bool = True) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torchvision
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -61,7 +62,7 @@ class VideoClassifier(nn.Module):
         return self
 
     def _frozen_bns(self) -> list[nn.Module]:
-        bns = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm3d)]
+        bns = [m for m in self.backbone.modules() if isinstance(m, _BatchNorm)]  # Sync too
         return bns[1:]
 
 

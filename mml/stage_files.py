@@ -1,0 +1,116 @@
+"""What a training stage keeps on disk: its fingerprint, `<k>.pt` per model, `last.pt`, curves.
+
+`<k>.pt` is a model's weights and metadata (what evaluate, ensembles and promote read);
+`last.pt` is everything a resumed run needs (weights, optimizer states, MLflow run ids,
+metric history) and the fingerprint of the configuration that wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mml import checkpoint, fsio
+from mml.config import Params, StageConfig
+from mml.models.factory import model_path
+
+log = logging.getLogger(__name__)
+
+# sections that do not change what a stage's training computes
+NOT_TRAINING = {"tracking", "stages", "evaluate", "ensemble", "tune", "promote", "compute",
+                "paths", "source"}  # fmt: skip
+
+
+def fingerprint(params: Params, cfg: StageConfig) -> str:
+    """Hash of everything that shapes a stage's training (resume must match it).
+
+    `params` are the stage's own (overrides applied). The hashes of the checkpoints the
+    stage starts from or learns from are part of it: a retrained parent means start over.
+    """
+    data = params.model_dump(mode="json", exclude=NOT_TRAINING)
+    del data["loader"]["workers"]  # samples do not depend on it (see mml/data/dataset.py)
+    data["stage"] = cfg.model_dump(mode="json")
+    refs = {m.init for m in cfg.models if m.init not in ("scratch", "imagenet")}
+    if cfg.teacher:
+        refs.add(cfg.teacher)
+    data["sources"] = {
+        ref: fsio.file_hash(model_path(params.paths.checkpoints, ref)) for ref in sorted(refs)
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SavedModel:
+    """One model of a stage as it is saved: weights, optimizer, metadata, metric history."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    meta: dict
+    history: list[dict[str, float]]
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def save(
+    out_dir: Path,
+    models: Sequence[SavedModel],
+    *,
+    fingerprint: str,
+    epochs_done: int,
+    parent_run_id: str,
+) -> None:
+    """Write `<k>.pt` for every model, then `last.pt` (each atomically)."""
+    for k, m in enumerate(models):
+        checkpoint.save(
+            out_dir / f"{k}.pt",
+            {"format": 1, "state_dict": _cpu(m.model.state_dict()), "meta": m.meta},
+        )
+    checkpoint.save(out_dir / "last.pt", {
+        "format": 1,
+        "fingerprint": fingerprint,
+        "epoch": epochs_done,
+        "parent_run_id": parent_run_id,
+        "members": [
+            {"model": _cpu(m.model.state_dict()), "optimizer": m.optimizer.state_dict(),
+             "run_id": m.meta["run_id"], "history": m.history}
+            for m in models
+        ],
+    })  # fmt: skip
+
+
+def saved_state(out_dir: Path, digest: str, stage: str, *, strict: bool) -> dict | None:
+    """last.pt's content if it exists and was written by the configuration `digest`.
+
+    A last.pt of another configuration is an error when `strict`, else ignored (start over).
+    """
+    path = out_dir / "last.pt"
+    if not path.exists():
+        return None
+    state = checkpoint.load(path)
+    if state.get("fingerprint") == digest:
+        return state
+    if strict:
+        raise checkpoint.CheckpointError(
+            f"{path} was written with other params (or init/teacher checkpoints) for stage "
+            f"{stage!r}; pass --restart to train from scratch (the old checkpoint is replaced)."
+        )
+    log.info("%s: inputs changed since %s was written; starting over", stage, path)
+    return None
+
+
+def write_curves(curves_dir: Path, histories: Sequence[tuple[int, list[dict[str, float]]]]) -> None:
+    """<curves_dir>/<k>.csv: one row per epoch (DVC plots; `/` in names -> `_`)."""
+    for index, history in histories:
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        lines = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
+        for epoch, row in enumerate(history, start=1):
+            lines.append(",".join([str(epoch), *(f"{row.get(k, float('nan')):.6g}" for k in keys)]))
+        fsio.atomic_write_text(curves_dir / f"{index}.csv", "\n".join(lines) + "\n")
