@@ -56,7 +56,11 @@ class SavedModel:
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in state.items()}
+    """A fresh `state_dict()` with its tensors on the CPU (a GPU run's checkpoint loads
+    anywhere); in place, so the OrderedDict keeps its version metadata."""
+    for key, value in state.items():
+        state[key] = value.detach().cpu()
+    return state
 
 
 def save(
