@@ -371,12 +371,15 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
-    quiet: QuietOpt = False,  # noqa: ARG001 - accepted like every command; nothing to hide
+    quiet: QuietOpt = False,
 ) -> None:
     """Top classes of each VIDEO; a file that cannot be decoded is reported (exit code 1)."""
 
     def action() -> int:
         from mml.registry import load_for_predict
+
+        if quiet:  # MLflow's progress bars while it downloads the model
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
         if params == Path("params.yaml") and not params.exists() and not overrides:
             from mml.config import Params  # outside a project: the defaults (and the env's URI)

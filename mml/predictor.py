@@ -128,9 +128,14 @@ class VideoPredictor:
         return [(self.classes[i], float(probabilities[i])) for i in order]
 
 
-def time_predictions(predictor: VideoPredictor, videos: Sequence[Path]) -> dict[str, float]:
+def time_predictions(
+    predictor: VideoPredictor,
+    videos: Sequence[Path],
+    keep: dict[Path, np.ndarray] | None = None,
+) -> dict[str, float]:
     """CPU milliseconds per video (decode, flow/diff, every member, every view), after one
-    warm-up prediction; mean and median over the `videos` that decode ({} if none does)."""
+    warm-up prediction; mean and median over the `videos` that decode ({} if none does).
+    `keep`, if given, receives each video's class probabilities."""
     from mml.data.video import VideoDecodeError
 
     times, warmed_up = [], False
@@ -140,10 +145,12 @@ def time_predictions(predictor: VideoPredictor, videos: Sequence[Path]) -> dict[
                 predictor.predict(video)
                 warmed_up = True
             start = time.perf_counter()
-            predictor.predict(video)
+            probabilities = predictor.predict(video)
         except VideoDecodeError:  # a broken val video is no reason to fail a promotion
             continue
         times.append((time.perf_counter() - start) * 1000)
+        if keep is not None:
+            keep[video] = probabilities
     if not times:
         return {}
     return {"ms_per_video": float(np.mean(times)), "ms_per_video_median": float(np.median(times))}

@@ -57,17 +57,18 @@ def registered_name(params: Params, kind: str) -> str:
 def promote(params: Params, *, force: bool = False, dry_run: bool = False) -> list[Decision]:
     """Register (if new) and crown (if better, or `force`) the best RGB model and ensemble."""
     client, experiment_id = tracking.client_and_experiment(params)
-    decisions = [_decide(client, params, *best_rgb(params), force=force)]
+    settings = package_settings(params)
+    decisions = [_decide(client, params, settings, *best_rgb(params), force=force)]
     ensemble = best_ensemble(params)
     if ensemble is not None:
-        decisions.append(_decide(client, params, *ensemble, force=force))
+        decisions.append(_decide(client, params, settings, *ensemble, force=force))
     if dry_run:
         return decisions
     run_id = None
     for d in decisions:
         if d.register:
             run_id = run_id or _promote_run(client, experiment_id, params)
-            d.version, d.timing = _register(client, params, d, run_id)
+            d.version, d.timing = _register(client, params, settings, d, run_id)
         if d.move_alias:
             client.set_registered_model_alias(d.name, ALIAS, d.version)
             log.info("%s: alias %s -> version %s", d.name, ALIAS, d.version)
@@ -101,7 +102,8 @@ def best_rgb(params: Params) -> tuple[str, list[str], str, dict[str, float]]:
             f"no evaluated RGB model in {params.paths.metrics}; run `mml evaluate STAGE` first."
         )
     metric = "mAP" if "mAP" in rows[0][1] else "top1"
-    ref, entry = max(rows, key=lambda r: (r[1][metric], [-ord(c) for c in r[0]]))
+    rows.sort(key=lambda r: r[0])  # by ref, so that ties go to the first ref
+    ref, entry = max(rows, key=lambda r: r[1][metric])  # max keeps the first of equals
     return "rgb", [ref], metric, _metrics(entry)
 
 
@@ -129,10 +131,10 @@ def _metrics(entry: dict) -> dict[str, float]:
 
 
 # ---- decisions -------------------------------------------------------------------------------
-def _decide(client, params, kind, members, metric, metrics, *, force: bool) -> Decision:
+def _decide(client, params, settings, kind, members, metric, metrics, *, force: bool) -> Decision:
     name = registered_name(params, kind)
     d = Decision(name, kind, members, metric, metrics[metric], metrics,
-                 fingerprint(params, members))  # fmt: skip
+                 fingerprint(params, members, settings))  # fmt: skip
     versions = _versions(client, name)
     same = [v for v in versions if v.tags.get("mml.fingerprint") == d.fingerprint]
     champion = _champion(client, name)
@@ -156,12 +158,12 @@ def _decide(client, params, kind, members, metric, metrics, *, force: bool) -> D
     return d
 
 
-def fingerprint(params: Params, members: list[str]) -> str:
-    """Hash of the members' checkpoints and the inference settings of a package."""
+def fingerprint(params: Params, members: list[str], settings: dict) -> str:
+    """Hash of the members' checkpoints and the inference `settings` of a package."""
     from mml.models.factory import model_path
 
     digest = hashlib.sha256()
-    digest.update(json.dumps(_inference_settings(params), sort_keys=True).encode())
+    digest.update(json.dumps(_inference_settings(settings), sort_keys=True).encode())
     for ref in members:
         path = model_path(params.paths.checkpoints, ref)
         if not path.is_file():
@@ -171,10 +173,21 @@ def fingerprint(params: Params, members: list[str]) -> str:
     return digest.hexdigest()[:20]
 
 
-def _inference_settings(params: Params) -> dict:
+def package_settings(params: Params) -> dict:
+    """`write_package`'s inference settings (views, fusion, input size, flow) from `params`."""
+    from mml.data.sampling import ViewPlan
+
     e, c = params.evaluate, params.cache
-    return {"views": [e.dense_views, e.uniform_views], "fuse": e.fuse,
-            "flow": [c.flow_algorithm, c.flow_bound], "short_side": short_side(params)}  # fmt: skip
+    return {"views": ViewPlan(e.dense_views, e.uniform_views), "fuse": e.fuse,
+            "short_side": short_side(params), "flow_algorithm": c.flow_algorithm,
+            "flow_bound": c.flow_bound}  # fmt: skip
+
+
+def _inference_settings(s: dict) -> dict:
+    """The part of `package_settings` that is hashed (kept stable: old versions match)."""
+    return {"views": [s["views"].dense, s["views"].uniform], "fuse": s["fuse"],
+            "flow": [s["flow_algorithm"], s["flow_bound"]],
+            "short_side": s["short_side"]}  # fmt: skip
 
 
 def short_side(params: Params) -> int | None:
@@ -217,27 +230,23 @@ def _promote_run(client, experiment_id: str, params: Params) -> str:
     return client.create_run(experiment_id, run_name="promote", tags=tags).info.run_id
 
 
-def _register(client, params: Params, d: Decision, run_id: str) -> tuple[str, dict[str, float]]:
+def _register(
+    client, params: Params, settings: dict, d: Decision, run_id: str
+) -> tuple[str, dict[str, float]]:
     """Package, time, log and register one candidate; returns the new version and its timing."""
     import mlflow
 
-    from mml.data.sampling import ViewPlan
     from mml.models.factory import model_path
     from mml.predictor import VideoPredictor, time_predictions, write_package
 
-    e = params.evaluate
     with tempfile.TemporaryDirectory(prefix="mml-package-") as tmp:
         package = Path(tmp) / "package"
-        write_package(
-            package, [(ref, model_path(params.paths.checkpoints, ref)) for ref in d.members],
-            kind=d.kind, views=ViewPlan(e.dense_views, e.uniform_views), fuse=e.fuse,
-            short_side=short_side(params), flow_algorithm=params.cache.flow_algorithm,
-            flow_bound=params.cache.flow_bound,
-        )  # fmt: skip
+        members = [(ref, model_path(params.paths.checkpoints, ref)) for ref in d.members]
+        write_package(package, members, kind=d.kind, **settings)
         timing = time_predictions(VideoPredictor(package), _timing_videos(params))
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            # no type hints / input example: the input is a file path, checked by the schema
-            warnings.simplefilter("ignore", UserWarning)
+            # an input example would be a video file; the signature describes the input
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name=d.kind,
                 python_model=str(Path(__file__).with_name("serving.py")),
@@ -341,10 +350,6 @@ def load_for_predict(params: Params, uri: str | None):
 
     tracking.client_and_experiment(params)  # sets the tracking (and registry) URI
     uri = uri or f"models:/{registered_name(params, 'rgb')}@{ALIAS}"
-    # MLflow warns (at every predict) that `predict` has no type hints; the schema validates
-    # the inputs. Python warnings go to the log instead of cluttering the predictions.
-    logging.captureWarnings(True)
-    logging.getLogger("py.warnings").setLevel(logging.ERROR)
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:
