@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -85,8 +86,20 @@ def test_kill_9_during_cache_building_then_the_same_command_completes_it(project
     build_cache(records, reference, "flow", workers=1, show_progress=False)
     cache = project / "data/cache/tiny/flow"
     process = start("data", "flow", "--workers", "2", cwd=project)
-    kill_when(process, lambda: len(list(cache.glob("*.npy"))) >= 3)
+    helpers: list[psutil.Process] = []
+
+    def three_built() -> bool:
+        try:
+            helpers[:] = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # it ended just now; kill_when reports that
+            return False
+        return len(list(cache.glob("*.npy"))) >= 3
+
+    kill_when(process, three_built)
     assert len(list(cache.glob("*.npy"))) < len(records)
+    assert helpers  # the pool's processes: they end by themselves, none is left behind
+    _, alive = psutil.wait_procs(helpers, timeout=20)
+    assert not alive, f"left running after kill -9: {[p.cmdline()[:3] for p in alive]}"
     out = mml("data", "flow")
     assert "0 broken" in out
     for record in records:

@@ -33,6 +33,7 @@ from mml.data.flow import ALGORITHMS, compute_flow, quantize_diff, quantize_flow
 from mml.data.video import VideoDecodeError, num_frames, read_frames
 from mml.fsio import atomic_write, atomic_write_text
 from mml.progress import progress_bar
+from mml.workers import end_with
 
 CacheKind = Literal["flow", "diff"]
 # Bump when the bytes written for the same settings change; old caches are then rebuilt.
@@ -149,7 +150,10 @@ def _build_all(
     # lock at fork time (seen after compute_flow in the parent). forkserver children start clean.
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(
-        min(workers, len(todo)), mp_context=context, initializer=_init_worker
+        min(workers, len(todo)),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
     ) as pool:
         kind = settings["kind"]
         futures = {
@@ -167,9 +171,10 @@ def _build_all(
                 advance()
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     # One OpenCV thread per process: the pool is the parallelism, and results are reproducible.
     cv2.setNumThreads(1)
+    end_with(parent)
 
 
 def _build_one(video: str, out: str, kind: str, algorithm: str, bound: float) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 
 from mml.fsio import atomic_write_text
+from mml.workers import end_with
 
 # Bump when the rendering changes, so `generate` does not keep videos drawn by older code.
 SYNTH_VERSION = 4
@@ -448,7 +450,12 @@ def _make_video(task: tuple[SynthSpec, int, int, Path, bool]) -> list[str]:
 def run_tasks(make: Callable, tasks: list, workers: int, progress: Callable | None) -> list:
     """[make(t) for t in tasks], in worker processes when workers > 1; progress(done, total)."""
     out = []
-    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+    # workers end with this process (kill -9 included): see mml/workers.py
+    with (
+        ProcessPoolExecutor(workers, initializer=end_with, initargs=(os.getpid(),))
+        if workers > 1
+        else contextlib.nullcontext()
+    ) as pool:
         results = pool.map(make, tasks, chunksize=4) if pool else map(make, tasks)
         for done, result in enumerate(results, start=1):
             out.append(result)
