@@ -142,14 +142,14 @@ class _SyncBatchNormFn(torch.autograd.Function):
     """Normalise with global statistics; backward as BatchNorm's, with global gradient sums."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, count):  # noqa: ANN001 (autograd API)
+    def forward(ctx, x, weight, bias, mean, invstd, count):
         shape = [1, -1] + [1] * (x.dim() - 2)
         x_hat = (x - mean.view(shape)) * invstd.view(shape)
         ctx.save_for_backward(x_hat, weight, invstd, count)
         return x_hat * weight.view(shape) + bias.view(shape)
 
     @staticmethod
-    def backward(ctx, dy):  # noqa: ANN001
+    def backward(ctx, dy):
         x_hat, weight, invstd, count = ctx.saved_tensors
         dims = [0, *range(2, dy.dim())]
         shape = [1, -1] + [1] * (dy.dim() - 2)
@@ -157,9 +157,8 @@ class _SyncBatchNormFn(torch.autograd.Function):
         totals = torch.cat([sum_dy, sum_dy_xhat])
         dist.all_reduce(totals)  # over every shard: what the statistics pass back
         mean_dy, mean_dy_xhat = (totals / count).view(2, -1)
-        dx = (dy - mean_dy.view(shape) - x_hat * mean_dy_xhat.view(shape)) * (weight * invstd).view(
-            shape
-        )
+        scale = (weight * invstd).view(shape)
+        dx = (dy - mean_dy.view(shape) - x_hat * mean_dy_xhat.view(shape)) * scale
         return dx, sum_dy_xhat, sum_dy, None, None, None
 
 
