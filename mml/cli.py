@@ -194,16 +194,16 @@ def train(
     With --nproc N (or under `torchrun --nproc-per-node N -m mml train STAGE`) the models
     train with DistributedDataParallel; each process takes 1/N of every batch.
     """
-    if "WORLD_SIZE" not in os.environ:  # not started by torchrun: start it if asked to
+    if "WORLD_SIZE" not in os.environ:  # not under torchrun: start it if asked for processes
         nproc = nproc or _run(lambda: _params(params, overrides).compute.nproc)
-    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from mml.distributed import launch
+        if nproc > 1:
+            from mml.distributed import launch
 
-        argv = ["train", stage, "--params", str(params)]
-        argv += [a for o in overrides or [] for a in ("--set", o)]
-        flags = {"--restart": restart, "--restart-if-changed": restart_if_changed,
-                 "--tuned": tuned, "--quiet": quiet}  # fmt: skip
-        raise typer.Exit(launch(nproc, argv + [f for f, on in flags.items() if on]))
+            argv = ["train", stage, "--params", str(params)]
+            argv += [a for o in overrides or [] for a in ("--set", o)]
+            flags = {"--restart": restart, "--restart-if-changed": restart_if_changed,
+                     "--tuned": tuned, "--quiet": quiet}  # fmt: skip
+            raise typer.Exit(launch(nproc, argv + [f for f, on in flags.items() if on]))
 
     def action() -> None:
         from mml.train import train_stage
