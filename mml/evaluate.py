@@ -170,8 +170,8 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     device = pick_device(params.compute.device)
     loaded = [(model.to(device), meta) for model, meta in map(model_from_checkpoint, paths)]
     modalities = [meta["modality"] for _, meta in loaded]
-    # Each model is tested on its own modality's positions, as it runs when deployed alone
-    # (mml predict): the cross-modal alignment of §2.3 is for training together.
+    # Each model is tested alone on its modality, as it runs when deployed (mml predict); the
+    # positions are those of training, whatever the peers (mml.data.sampling's time base).
     predictions: dict[int, Prediction] = {}
     skipped: set[str] = set()
     for modality in sorted(set(modalities)):

@@ -16,7 +16,7 @@ from mml.data.video import decode_index_pattern, index_pattern_frames, write_vid
 def make_video(tmp_path, frames: int):
     video_dir, flow_dir, diff_dir = (tmp_path / d for d in ("videos", "flow", "diff"))
     for d in (video_dir, flow_dir, diff_dir):
-        d.mkdir()
+        d.mkdir(parents=True)
     write_video(video_dir / "v.webm", index_pattern_frames(frames, 32, 32), fps=12)
     steps = np.arange(frames - 1, dtype=np.uint8)[:, None, None, None]
     flow = np.broadcast_to(10 * steps + np.array([0, 5], np.uint8), (frames - 1, 32, 32, 2))
@@ -43,7 +43,7 @@ def test_modalities_see_the_same_moments_with_stacked_channels(tmp_path):
                     modalities=("diff", "flow", "rgb"), caches=caches)  # fmt: skip
     sample = ds[0]
     # 12 frames: 11 fields, stacks of 5 -> 7 positions; uniform centres of 2 segments: 1, 5.
-    # RGB has 12 positions: centred offset (12 - 7) // 2 = 2 -> frames 3, 7.
+    # RGB reads the centre of each position's 6-frame window, p + 2 -> frames 3, 7.
     assert rgb_indices(sample["rgb"][0]) == [3, 7]
     flow = sample["flow"][0]  # (V=1) -> (T=2, 10, 32, 32)
     assert flow.shape == (2, 10, 32, 32)
@@ -55,6 +55,37 @@ def test_modalities_see_the_same_moments_with_stacked_channels(tmp_path):
     q = (diff[:, :, 0, 0] + 1) / 2 * 255
     expected = [[10 * (p + j) + c for j in range(5) for c in range(3)] for p in (1, 5)]
     assert torch.allclose(q, torch.tensor(expected, dtype=torch.float32), atol=1e-3)
+
+
+def rgb_training_frames(tmp_path, frames: int, modalities: tuple[str, ...]) -> list[list[int]]:
+    """The RGB frames (decoded from the real video) of 60 epochs of training clips."""
+    ann, caches = make_video(tmp_path / "-".join(modalities), frames=frames)
+    ds = VideoClips(ann, ClipConfig(segments=4, scale_size=32, crop_size=32, max_distort=0,
+                                    scales=(1.0,)),
+                    train=True, modalities=modalities, caches=caches)  # fmt: skip
+    seen = []
+    for epoch in range(60):
+        ds.set_epoch(epoch)
+        seen.append(rgb_indices(ds[0]["rgb"]))
+    return seen
+
+
+def test_rgb_training_clips_do_not_depend_on_peers_and_match_test_positions(tmp_path):
+    """Issue 13: an RGB model trains on the same temporal statistics in a CE stage (RGB alone)
+    and in an MML stage with flow and diff, on short and long videos, and those are the
+    positions it is tested on."""
+    for frames in (12, 24, 48):  # shorter than the dense span (25 frames at T=4), and longer
+        alone = rgb_training_frames(tmp_path / str(frames), frames, ("rgb",))
+        with_peers = rgb_training_frames(tmp_path / str(frames), frames, ("rgb", "flow", "diff"))
+        assert alone == with_peers
+        counts = np.bincount(np.ravel(alone), minlength=frames)
+        assert counts[:2].sum() == 0 and counts[frames - 3 :].sum() == 0  # windows' centres
+        assert all(np.diff(clip).min() >= 0 for clip in alone)  # in order, never wrapped
+        ann, caches = make_video(tmp_path / str(frames) / "test", frames=frames)
+        test = VideoClips(ann, clip_config(4), train=False, views=ViewPlan(1, 2),
+                          modalities=("rgb", "flow"), caches=caches)[0]  # fmt: skip
+        tested = {i for view in test["rgb"] for i in rgb_indices(view)}
+        assert tested <= set(range(2, frames - 3))  # the same positions as in training
 
 
 def test_short_video_stack_repeats_the_last_field(tmp_path):

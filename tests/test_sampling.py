@@ -7,6 +7,7 @@ from mml.data.sampling import (
     ViewPlan,
     dense_indices,
     dense_test_starts,
+    fit_stride,
     train_indices,
     uniform_indices,
     view_indices,
@@ -54,14 +55,25 @@ def test_dense_train_draws_every_start_including_the_last():
     assert starts == set(range(12))  # the authors' code never drew 11
 
 
-def test_dense_short_video_clamps_instead_of_wrapping():
-    assert dense_indices(10, 8, 4, train=False).tolist() == [0, 4, 8, 9, 9, 9, 9, 9]
+def test_dense_short_video_fits_its_stride_instead_of_wrapping():
+    # 10 positions, T=8: stride 4 would span 29; the fitted stride (10 - 1) // 7 = 1 spans 8
+    assert fit_stride(10, 8, 4) == 1
+    assert dense_indices(10, 8, 4, train=False).tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    # 15 positions, T=4, stride 8: (15 - 1) // 3 = 4, span 13, starts 0..2
+    assert fit_stride(15, 4, 8) == 4 and fit_stride(40, 4, 8) == 8
+    assert dense_indices(15, 4, 8, train=False).tolist() == [1, 5, 9, 13]
+    # fewer positions than frames: start 0, the last position repeats, still in order
+    assert dense_indices(5, 8, 4, train=False).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+    rng = np.random.default_rng(0)
+    for n in range(8, 40):
+        idx = dense_indices(n, 8, 4, train=True, rng=rng)
+        assert idx.max() < n and (np.diff(idx) > 0).all()  # never clamped when n >= T
 
 
 def test_dense_test_starts_evenly_spaced():
     assert dense_test_starts(40, 8, 4, 1) == [5]
     assert dense_test_starts(40, 8, 4, 3) == [0, 6, 11]
-    assert dense_test_starts(10, 8, 4, 2) == [0, 0]
+    assert dense_test_starts(10, 8, 4, 2) == [0, 2]  # stride 1: starts 0..2
 
 
 def test_view_indices_dense_then_uniform():
@@ -102,29 +114,14 @@ def test_invalid_arguments():
         uniform_indices(10, 8, train=True)
 
 
-def test_positions_per_modality():
-    from mml.data.sampling import num_positions
+def test_one_time_base_for_every_modality():
+    from mml.data.sampling import frame_indices, num_positions
 
-    assert num_positions(30, "rgb") == 30
-    assert num_positions(30, "flow") == 25  # 29 fields, stacks of 5 start at 0..24
-    assert num_positions(30, "diff") == 25
-    assert num_positions(4, "flow") == 1  # shorter than a stack: one (repeating) position
-
-
-def test_align_modalities_shares_moments():
-    from mml.data.sampling import align_modalities
-
-    base = np.array([0, 6, 12, 18])
-    counts = {"rgb": 30, "flow": 25, "diff": 25}
-    test = align_modalities(base, counts)
-    assert test["flow"].tolist() == test["diff"].tolist() == [0, 6, 12, 18]
-    assert test["rgb"].tolist() == [2, 8, 14, 20]  # centred: (30 - 25) // 2
-    deltas = set()
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        out = align_modalities(base, counts, rng)
-        assert (out["flow"] == base).all() and (out["diff"] == base).all()
-        deltas.add(int(out["rgb"][0]))
-    assert deltas == set(range(6))  # delta ~ U{0..N-n}, every value drawn
-    with pytest.raises(ValueError, match="0..24"):
-        align_modalities(np.array([25]), counts)
+    assert num_positions(30) == 25  # 29 fields, stacks of 5 start at 0..24; windows of 6 frames
+    assert num_positions(4) == 1  # shorter than a window: one (repeating) position
+    positions = np.array([0, 6, 24])
+    assert frame_indices(positions, "rgb", 30).tolist() == [2, 8, 26]  # the window's centre
+    assert frame_indices(positions, "flow", 30).tolist() == [0, 6, 24]  # a stack's first field
+    assert frame_indices(np.array([0]), "rgb", 2).tolist() == [1]  # clamped to the last frame
+    with pytest.raises(ValueError, match="modality"):
+        frame_indices(positions, "depth", 30)

@@ -113,19 +113,11 @@ class VideoClips(Dataset):
         return {"id": record.id, **clips, "target": self._target(record)}
 
     def _clips(self, record: VideoRecord, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Every modality of one clip: the same moments (MML §2.3) and the same crop."""
+        """Every modality of one clip: the same positions (MML §2.3) and the same crop."""
         c = self.clip
         frames = num_frames(record.path)
-        counts = {m: sampling.num_positions(frames, m) for m in self.modalities}
-        n = min(counts.values())
-        if self.train:
-            base = sampling.train_indices(
-                n, c.segments, c.stride, sampling=c.sampling, mix=c.mix, rng=rng
-            )
-        else:
-            base = sampling.view_indices(n, c.segments, c.stride, self.views)
-        plans = sampling.align_modalities(base, counts, rng if self.train else None)
-        raw = {m: self._read(record, m, plans[m]) for m in self.modalities}
+        plan = clip_positions(frames, c, rng if self.train else None, self.views)
+        raw = {m: self._read(record, m, plan, frames) for m in self.modalities}
         sizes = {m: x.shape[-3:-1] for m, x in raw.items()}
         if len(set(sizes.values())) > 1:
             raise CacheError(f"video {record.id}: modality sizes differ {sizes}; rebuild caches")
@@ -134,10 +126,13 @@ class VideoClips(Dataset):
         return {m: to_input(m, transforms.apply_crop(x, crop, c.crop_size), crop.flip)
                 for m, x in raw.items()}  # fmt: skip
 
-    def _read(self, record: VideoRecord, modality: str, plan: np.ndarray) -> np.ndarray:
+    def _read(
+        self, record: VideoRecord, modality: str, plan: np.ndarray, count: int
+    ) -> np.ndarray:
         """uint8 (*plan.shape, H, W, C): RGB frames, or stacks of 5 cached fields/differences."""
         if modality == "rgb":
-            frames = read_frames(record.path, plan.reshape(-1))
+            indices = sampling.frame_indices(plan, "rgb", count)
+            frames = read_frames(record.path, indices.reshape(-1))
             return frames.reshape(*plan.shape, *frames.shape[1:])
         path = cache_path(self.caches[modality], record.id)
         try:
@@ -165,6 +160,22 @@ class VideoClips(Dataset):
         if len(record.labels) != 1:
             raise ValueError(f"video {record.id}: single-label data needs one label")
         return torch.tensor(record.labels[0])
+
+
+def clip_positions(
+    num_frames: int,
+    clip: ClipConfig,
+    rng: np.random.Generator | None,
+    views: sampling.ViewPlan,
+) -> np.ndarray:
+    """The positions one clip takes, for every modality alike: a training plan (with `rng`,
+    `clip.sampling`), else the test views of `views`, (V, T)."""
+    n = sampling.num_positions(num_frames)
+    if rng is not None:
+        return sampling.train_indices(
+            n, clip.segments, clip.stride, sampling=clip.sampling, mix=clip.mix, rng=rng
+        )
+    return sampling.view_indices(n, clip.segments, clip.stride, views)
 
 
 def stack_fields(

@@ -16,7 +16,7 @@ import torch
 
 from mml.config import ClipConfig
 from mml.data import sampling, transforms
-from mml.data.dataset import stack_fields, to_input
+from mml.data.dataset import clip_positions, stack_fields, to_input
 from mml.data.flow import compute_flow, quantize_diff, quantize_flow, rgb_diff
 from mml.data.video import probe, read_frames
 
@@ -47,11 +47,10 @@ def view_inputs(
     Raises mml.data.video.VideoDecodeError when the file cannot be decoded.
     """
     count = probe(path).num_frames
-    plan = sampling.view_indices(
-        sampling.num_positions(count, modality), clip.segments, clip.stride, views
-    )  # (V, T)
+    plan = clip_positions(count, clip, None, views)  # (V, T), as in evaluation
     if modality == "rgb":
-        frames = resize_short_side(read_frames(path, plan.reshape(-1)), short_side)
+        indices = sampling.frame_indices(plan, "rgb", count).reshape(-1)
+        frames = resize_short_side(read_frames(path, indices), short_side)
         raw = frames.reshape(*plan.shape, *frames.shape[1:])
     else:
         raw = _motion_stacks(path, modality, plan, count, short_side, flow_algorithm, flow_bound)

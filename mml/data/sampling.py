@@ -1,12 +1,16 @@
 """Temporal sampling plans: which frame positions a clip of T input frames takes.
 
-Positions are 0-based indices into the `num_positions` valid starts of a modality (for RGB
-every frame; for a stack of L frames, `num_frames - L + 1`). Pure functions of their
-arguments and a `numpy.random.Generator`, so they are easy to check by hand.
+Every modality shares one time base (`num_positions`): position p is the window of frames
+p..p+5 that a stack of 5 flow fields (or differences) spans, and an RGB input frame is the
+frame near its centre, p + 2 (`frame_indices`). So a model's clips do not depend on which peers
+share its loader, training and test draw from the same positions, and the modalities of one
+clip see the same moments (MML §2.3 with a zero offset, since all have the same count).
 
-Short videos (fewer positions than the plan needs) never wrap around (the authors' TSM code
-wrapped modulo n, breaking temporal order): uniform plans repeat positions in order, dense
-plans clamp to the last position, i.e. the last frame repeats.
+Positions are then planned by pure functions of their arguments and a
+`numpy.random.Generator`, easy to check by hand. Short videos never wrap around (the authors'
+TSM code wrapped modulo n, breaking temporal order): uniform plans repeat positions in order,
+and dense plans shrink their stride to fit the video (`fit_stride`), repeating the last
+position only when the video has fewer positions than the clip has frames.
 """
 
 from __future__ import annotations
@@ -54,13 +58,13 @@ def dense_indices(
 ) -> np.ndarray:
     """Dense sampling: `segments` positions `stride` apart from one start.
 
+    `stride` is the largest stride: a video too short for its span uses `fit_stride`'s.
     Starts range over 0..num_positions - span, span = (segments - 1) * stride + 1, every
     start included (train: uniform over them; test: the centre one unless `start` is
-    given). A video shorter than the span starts at 0 and repeats its last position.
+    given). A video with fewer positions than `segments` starts at 0 and repeats its last one.
     """
     _check(num_positions, segments)
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    stride = fit_stride(num_positions, segments, stride)
     max_start = max(0, num_positions - ((segments - 1) * stride + 1))
     if start is None:
         if train:
@@ -75,8 +79,23 @@ def dense_indices(
     return np.minimum(idx, num_positions - 1)
 
 
+def fit_stride(num_positions: int, segments: int, stride: int) -> int:
+    """The dense stride for a video: `stride`, or the largest that fits its positions.
+
+    With stride 32 // T and videos shorter than the span, dense clips would start at 0 and
+    repeat the last frame (what a peer with fewer positions used to cause, issue 13); a fitted
+    stride keeps every clip inside the video and in order.
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if segments < 2:
+        return stride
+    return max(1, min(stride, (num_positions - 1) // (segments - 1)))
+
+
 def dense_test_starts(num_positions: int, segments: int, stride: int, views: int) -> list[int]:
     """Evenly spaced dense starts for `views` test clips (one view: the centre start)."""
+    stride = fit_stride(num_positions, segments, stride)
     max_start = max(0, num_positions - ((segments - 1) * stride + 1))
     if views == 1:
         return [max_start // 2]
@@ -136,37 +155,27 @@ def _check(num_positions: int, segments: int) -> None:
         raise ValueError(f"need at least one segment, got {segments}")
 
 
-# ---- several modalities of one clip (MML §2.3) ----------------------------------------------
+# ---- one time base for every modality (MML §2.3) --------------------------------------------
 STACK = {"rgb": 1, "flow": 5, "diff": 5}  # consecutive frame-steps one input frame stacks
+WINDOW = 6  # frames a position spans: 5 flow fields (or differences) join 6 frames
+RGB_OFFSET = 2  # the RGB frame of position p: p + 2, near the centre of frames p..p+5
 
 
-def num_positions(num_frames: int, modality: str) -> int:
-    """Valid start positions of `modality` in a video of `num_frames` RGB frames.
+def num_positions(num_frames: int) -> int:
+    """Valid positions in a video of `num_frames` RGB frames, the same for every modality.
 
-    rgb: every frame. flow/diff: there are F - 1 fields (or differences) and an input frame
-    stacks 5 of them, so F - 5 starts; a video shorter than that still gets 1 position (its
-    stack repeats the last field).
+    Position p spans frames p..p+5: the 5 flow fields (or differences) of a stack starting at
+    field p, or RGB frame p + 2. A video shorter than a window still has 1 position (its
+    stacks repeat the last field).
     """
+    return max(1, num_frames - WINDOW + 1)
+
+
+def frame_indices(positions: np.ndarray, modality: str, num_frames: int) -> np.ndarray:
+    """What a modality reads at `positions`: RGB frame indices, or the first field of each
+    flow / difference stack (`mml.data.dataset.stack_fields` adds the other 4)."""
     if modality == "rgb":
-        return max(1, num_frames)
-    return max(1, num_frames - 1 - STACK[modality] + 1)
-
-
-def align_modalities(
-    base: np.ndarray, counts: dict[str, int], rng: np.random.Generator | None = None
-) -> dict[str, np.ndarray]:
-    """Positions for every modality from `base`, drawn over the fewest positions n (MML §2.3).
-
-    A modality with N > n positions gets `base + delta`, one delta ~ U{0..N-n} per clip
-    (drawn per modality, as the authors do); with no `rng` (testing), delta = (N - n) // 2.
-    All modalities thus see the same moments of the video, up to delta frames.
-    """
-    n = min(counts.values())
-    if base.size and (base.min() < 0 or base.max() >= n):
-        raise ValueError(f"base positions must lie in 0..{n - 1}, got {base.tolist()}")
-    out = {}
-    for modality, count in counts.items():
-        spare = count - n
-        delta = int(rng.integers(0, spare + 1)) if rng is not None else spare // 2
-        out[modality] = base + delta
-    return out
+        return np.minimum(positions + RGB_OFFSET, num_frames - 1)
+    if modality not in STACK:
+        raise ValueError(f"unknown modality {modality!r} (rgb, flow or diff)")
+    return positions
