@@ -126,9 +126,7 @@ class VideoClips(Dataset):
         return {m: to_input(m, transforms.apply_crop(x, crop, c.crop_size), crop.flip)
                 for m, x in raw.items()}  # fmt: skip
 
-    def _read(
-        self, record: VideoRecord, modality: str, plan: np.ndarray, count: int
-    ) -> np.ndarray:
+    def _read(self, record: VideoRecord, modality: str, plan: np.ndarray, count: int) -> np.ndarray:
         """uint8 (*plan.shape, H, W, C): RGB frames, or stacks of 5 cached fields/differences."""
         if modality == "rgb":
             indices = sampling.frame_indices(plan, "rgb", count)
