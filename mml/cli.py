@@ -305,25 +305,43 @@ def tune(
 def report(
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
-    out: Annotated[Path, typer.Option(help="directory for summary.md / summary.json")] = Path(
-        "reports"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="directory for summary.md, summary.json, comparisons.png")
+    ] = Path("reports"),
     also: Annotated[
         list[Path] | None,
-        typer.Option(help="metrics directory of another run (e.g. another seed); repeatable"),
+        typer.Option(
+            help="root of another run's workspace (DIR/metrics, DIR/predictions), or "
+            "a bare metrics directory (tables only); repeatable"
+        ),
     ] = None,
+    exp: Annotated[
+        list[str] | None,
+        typer.Option(help="a DVC experiment of this repository (dvc exp list); repeatable"),
+    ] = None,
+    all_exps: Annotated[
+        bool, typer.Option("--all-exps", help="every finished DVC experiment based on HEAD")
+    ] = False,
+    workspace: Annotated[
+        bool, typer.Option(help="include this workspace's own run (metrics/, predictions/)")
+    ] = True,
     quiet: QuietOpt = False,
 ) -> None:
-    """The paper's tables for this pipeline, from the metrics files: reports/summary.md."""
+    """The paper's orderings (paired differences, 95% CIs) and tables: reports/summary.md."""
 
     def action() -> None:
         from mml.report import write_report
+        from mml.runs import all_experiments, collect_runs
 
-        data = write_report(_params(params, overrides), out, list(also or []))
+        config = _params(params, overrides)
+        names = list(exp or []) + (all_experiments() if all_exps else [])
+        runs = collect_runs(config, list(also or []), names, workspace=workspace)
+        data = write_report(config, out, runs)
         rows = sum(len(s["rows"]) for s in data["sections"])
-        typer.echo(
-            f"wrote {out / 'summary.md'} ({rows} models, {len(data['ensembles'])} ensembles)"
-        )
+        verdicts = [c["verdict"] for c in data["comparisons"]]
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+        typer.echo(f"wrote {out / 'summary.md'} ({len(runs)} runs, {rows} models, "
+                   f"{len(data['ensembles'])} ensembles; orderings: {counts})")  # fmt: skip
 
     _run(action)
 

@@ -10,10 +10,13 @@ logged to an MLflow run.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import BinaryIO
 
 import numpy as np
 
@@ -36,13 +39,25 @@ class Member:
 
 def load_member(predictions: Path, ref: str) -> Member:
     """The predictions of model `ref` ('<stage>.<k>') from predictions/<stage>/<k>.npz."""
-    stage, k = ref.rsplit(".", 1)
-    path = Path(predictions) / stage / f"{k}.npz"
+    path = Path(predictions) / member_path(ref)
     if not path.exists():
+        stage = ref.rsplit(".", 1)[0]
         raise ConfigError(
             f"ensemble candidate {ref!r}: {path} is missing; run `mml evaluate {stage}`."
         )
-    with np.load(path) as npz:
+    with open(path, "rb") as f:
+        return read_member(f, ref)
+
+
+def member_path(ref: str) -> str:
+    """Where `mml evaluate` writes model `ref`'s predictions, under the predictions directory."""
+    stage, k = ref.rsplit(".", 1)
+    return f"{stage}/{k}.npz"
+
+
+def read_member(file: BinaryIO, ref: str) -> Member:
+    """Model `ref`'s predictions from an open predictions/<stage>/<k>.npz (local or DVC)."""
+    with np.load(io.BytesIO(file.read())) as npz:
         modality = str(npz["modality"]) if "modality" in npz else "?"
         return Member(ref, modality, npz["scores"], npz["targets"],
                       tuple(npz["ids"].tolist()), tuple(npz["classes"].tolist()))  # fmt: skip
@@ -50,22 +65,34 @@ def load_member(predictions: Path, ref: str) -> Member:
 
 def discover_candidates(predictions: Path) -> list[str]:
     """Every evaluated model: the refs '<stage>.<k>' of predictions/<stage>/<k>.npz, sorted."""
-    found = [(p.parent.name, int(p.stem)) for p in Path(predictions).glob("*/*.npz")
-             if p.stem.isdigit()]  # fmt: skip
+    return model_refs(Path(predictions).glob("*/*.npz"))
+
+
+def model_refs(paths: Iterable[str | PurePath]) -> list[str]:
+    """The refs '<stage>.<k>' of the .../<stage>/<k>.npz among `paths`, by stage then k."""
+    found = [(p.parent.name, int(p.stem)) for p in map(PurePath, paths) if p.stem.isdigit()]
     return [f"{stage}.{k}" for stage, k in sorted(found)]
 
 
 def combine(members: list[Member]) -> tuple[np.ndarray, np.ndarray]:
     """Mean probabilities over the videos every member predicted (aligned by id)."""
+    together = average(members)
+    return together.scores, together.targets
+
+
+def average(members: list[Member]) -> Member:
+    """The ensemble of `members` as one Member: mean probabilities on the videos all
+    predicted, in sorted id order; its ref joins theirs with '+'."""
     classes = {m.classes for m in members}
     if len(classes) > 1:
         raise ConfigError(f"{[m.ref for m in members]} were trained on different class lists")
-    common = set(members[0].ids).intersection(*(m.ids for m in members[1:]))
-    order = sorted(common)
+    order = sorted(set(members[0].ids).intersection(*(m.ids for m in members[1:])))
     positions = [{video: row for row, video in enumerate(m.ids)} for m in members]
     rows = [np.array([p[i] for i in order], dtype=np.int64) for p in positions]
     scores = np.mean([m.scores[r] for m, r in zip(members, rows, strict=True)], axis=0)
-    return scores, members[0].targets[rows[0]]
+    ref, modality = "+".join(m.ref for m in members), "+".join(m.modality for m in members)
+    targets = members[0].targets[rows[0]]
+    return Member(ref, modality, scores, targets, tuple(order), members[0].classes)
 
 
 def score_combinations(

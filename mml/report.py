@@ -1,9 +1,11 @@
-"""`mml report`: the synthetic analogues of the paper's tables, written from the metrics files.
+"""`mml report`: the paper's orderings and tables for this pipeline, over one or more runs.
 
-Rows come from metrics/<stage>.json (one per model, as `mml evaluate` wrote them) and
-metrics/ensembles.json; the stage's method, teacher and peers come from params. Metrics
-directories of other runs of the same pipeline (e.g. other seeds) can be added: each row then
-shows the mean over the runs that have it and their count.
+The first section tests the paper's orderings (mml/comparisons.py): for each, the paired
+difference A - B on the same validation videos with its 95% bootstrap interval over videos and
+runs, and a verdict. The tables after it show each model's metrics as mean ± std over the runs
+that have it; a stage's method, teacher and peers come from params. Runs (mml/runs.py): this
+workspace, other workspaces (`--also DIR`) and DVC experiments (`--exp NAME`).
+Writes reports/summary.md, summary.json and comparisons.png and logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mml.config import Params
-from mml.fsio import atomic_write_text
+from mml.comparisons import BEST_PAIR, COMPARISONS, MARGINS, compare
+from mml.config import Params, StageConfig
+from mml.fsio import atomic_write, atomic_write_text
+from mml.runs import Run, collect_runs
 
 SECTIONS = (  # (title, methods) in the paper's order
     ("Single-modality cross-entropy, by initialization (paper Tab. 1)", ("ce",)),
@@ -22,46 +26,81 @@ SECTIONS = (  # (title, methods) in the paper's order
     ("Mutual Learning, one modality (paper Tabs. 5, 7)", ("ml",)),
     ("Mutual Modality Learning (paper Tabs. 3, 4, 7, 8)", ("mml",)),
 )
+TOP5_MIN_CLASSES = 20  # with fewer classes top-5 is mostly chance (6 classes: 83%)
+VERDICT_COLORS = {"holds": "tab:green", "does not hold": "tab:red", "inconclusive": "tab:gray"}
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+def dataset_facts(params: Params, runs: list[Run]) -> dict:
+    """{"metric", "classes", "videos"} of the validation set, from the first predictions found
+    (classes and videos None when the runs have metrics files only)."""
+    for run in runs:
+        for ref in run.refs():
+            m = run.member(ref)
+            metric = "mAP" if m.targets.ndim == 2 else "top1"
+            return {"metric": metric, "classes": len(m.classes), "videos": len(m.ids)}
+    entries = [e for run in runs for stage in params.stages
+               for e in run.metrics_file(stage).values() if isinstance(e, dict)]  # fmt: skip
+    metric = "mAP" if any("mAP" in e for e in entries) else "top1"
+    return {"metric": metric, "classes": None, "videos": None}
+
+
+def metric_keys(facts: dict) -> tuple[str, ...]:
+    if facts["metric"] == "mAP":
+        return ("mAP",)
+    few = facts["classes"] is not None and facts["classes"] < TOP5_MIN_CLASSES
+    return ("top1",) if few else ("top1", "top5")
+
+
+def model_row(
+    stage: str, k: int, cfg: StageConfig, runs: list[Run], keys: tuple[str, ...]
+) -> dict | None:
+    """Model k of `stage`: its metrics as mean (and std) over the runs that have it, or None."""
+    entries = [e for run in runs if (e := run.model_metrics(f"{stage}.{k}")) is not None]
+    if not entries:
         return None
+    spec = cfg.models[k]
+    peers = [m.modality for j, m in enumerate(cfg.models) if j != k]
+    row = {"stage": stage, "model": f"{stage}.{k}", "method": cfg.method,
+           "modality": spec.modality, "init": spec.init,
+           "peers": ",".join(peers) if cfg.method in ("ml", "mml") else "",
+           "teacher": cfg.teacher or "", "runs": len(entries)}  # fmt: skip
+    for key in keys:
+        values = np.array([e[key] for e in entries if key in e], dtype=float)
+        if len(values):
+            row[key] = round(float(values.mean()), 2)
+        if len(values) > 1:
+            row[f"{key}_std"] = round(float(values.std(ddof=1)), 2)
+    return row
 
 
-def collect(params: Params, metrics_dirs: list[Path]) -> dict:
-    """{"sections": [{"title", "rows": [...]}], "ensembles": [...], "metric": "top1"|"mAP"}."""
-    sections, metric = [], "top1"
+def collect(params: Params, runs: list[Run]) -> dict:
+    """Everything summary.json holds: runs, dataset facts, orderings, tables, ensembles."""
+    facts = dataset_facts(params, runs)
+    keys = metric_keys(facts)
+    sections = []
     for title, methods in SECTIONS:
-        rows = []
-        for stage, cfg in params.stages.items():
-            if cfg.method not in methods:
-                continue
-            runs = [_read(Path(d) / f"{stage}.json") for d in metrics_dirs]
-            runs = [r for r in runs if r is not None]
-            for k, spec in enumerate(cfg.models):
-                entries = [r[str(k)] for r in runs if str(k) in r]
-                if not entries:
-                    continue
-                metric = "mAP" if "mAP" in entries[0] else "top1"
-                keys = ("mAP",) if metric == "mAP" else ("top1", "top5")
-                peers = [m.modality for j, m in enumerate(cfg.models) if j != k]
-                row = {"stage": stage, "model": f"{stage}.{k}", "method": cfg.method,
-                       "modality": spec.modality, "init": spec.init,
-                       "peers": ",".join(peers) if cfg.method in ("ml", "mml") else "",
-                       "teacher": cfg.teacher or "", "seeds": len(entries)}  # fmt: skip
-                for key in keys:
-                    values = np.array([e[key] for e in entries], dtype=float)
-                    row[key] = round(float(values.mean()), 2)
-                    if len(values) > 1:
-                        row[f"{key}_std"] = round(float(values.std(ddof=1)), 2)
-                rows.append(row)
-        sections.append({"title": title, "rows": rows})
-    ensembles = _read(Path(metrics_dirs[0]) / "ensembles.json") or {}
-    return {"metric": metric, "sections": sections,
+        rows = [model_row(stage, k, cfg, runs, keys) for stage, cfg in params.stages.items()
+                if cfg.method in methods for k in range(len(cfg.models))]  # fmt: skip
+        sections.append({"title": title, "rows": [r for r in rows if r is not None]})
+    candidates = list(params.ensemble.candidates)
+    comparisons = [_rounded(compare(c, runs, candidates)) for c in COMPARISONS]
+    ensembles = next((e for run in runs if (e := run.metrics_file("ensembles"))), {})
+    return {"runs": [{"name": r.name, "seed": r.seed} for r in runs], **facts, "keys": keys,
+            "comparisons": comparisons, "sections": sections,
             "ensembles": ensembles.get("ensembles", [])[:10]}  # fmt: skip
+
+
+def _rounded(row: dict) -> dict:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}".replace("-", "\u2212")
+
+
+def difference_cell(row: dict) -> str:
+    """'+2.3 [−0.4, +5.1]': the paired difference and its 95% interval, in points."""
+    return f"{_signed(row['diff'])} [{_signed(row['low'])}, {_signed(row['high'])}]"
 
 
 def _cell(row: dict, key: str) -> str:
@@ -71,49 +110,140 @@ def _cell(row: dict, key: str) -> str:
     return f"{row[key]:.1f} ± {std:.1f}" if std is not None else f"{row[key]:.1f}"
 
 
-def to_markdown(data: dict, dataset: str) -> str:
-    keys = ("mAP",) if data["metric"] == "mAP" else ("top1", "top5")
+def header(data: dict, dataset: str) -> list[str]:
+    runs = ", ".join(f"{r['name']} (seed {r['seed'] if r['seed'] is not None else '?'})"
+                     for r in data["runs"])  # fmt: skip
     lines = [f"# mml summary: {dataset}", "",
-             "Written by `mml report` from the metrics files; validation split, multi-view test. "
-             "± is the standard deviation over seeds.", ""]  # fmt: skip
+             f"Written by `mml report`. {len(data['runs'])} run(s): {runs}.", ""]  # fmt: skip
+    seeds = [r["seed"] for r in data["runs"] if r["seed"] is not None]
+    shared = sorted({s for s in seeds if seeds.count(s) > 1})
+    if shared:
+        lines += [f"Some runs share a seed ({', '.join(map(str, shared))}): they may repeat "
+                  "one another rather than vary.", ""]  # fmt: skip
+    if data["videos"]:
+        lines += [f"Validation split, multi-view test: {data['videos']} videos, "
+                  f"{data['classes']} classes; one video = {100 / data['videos']:.2f} points.",
+                  ""]  # fmt: skip
+    return lines
+
+
+def orderings_markdown(data: dict) -> list[str]:
+    metric = data["metric"]
+    lines = ["## The paper's orderings", "",
+             f"A − B is the paired difference in {metric} points on the same validation videos "
+             "(mean over runs); the interval is the 95% bootstrap over runs and videos. "
+             "*holds*: the interval is above 0 (for \"within 2 points\": above −2); "
+             "*does not hold*: below it; else *inconclusive*.", "",
+             f"| ordering | paper | A | control B | A {metric} | B {metric} | "
+             "A − B [95% CI] | runs | verdict |", "|---" * 9 + "|"]  # fmt: skip
+    chosen = []
+    for r in data["comparisons"]:
+        a, b = (m if m == BEST_PAIR else f"`{m}`" for m in (r["a"], r["b"]))
+        if r["verdict"] == "not run":
+            missing = ", ".join(f"`{m}`" for m in r["missing"])
+            why = f"no {missing}" if missing else "its models are never in one run"
+            cells = [r["name"], r["table"], a, b, "–", "–", "–", "–", f"not run ({why})"]
+        else:
+            cells = [r["name"], r["table"], a, b, f"{r['a_value']:.1f}", f"{r['b_value']:.1f}",
+                     difference_cell(r), str(len(r["runs"])), f"**{r['verdict']}**"]  # fmt: skip
+            for side in ("a_chosen", "b_chosen"):
+                picks = zip(r["runs"], r.get(side, []), strict=False)  # absent: no best pair
+                chosen += [f"{run}: `{pair}`" for run, pair in picks]
+        lines.append("| " + " | ".join(cells) + " |")
+    if chosen:
+        lines += ["", f"The {BEST_PAIR}, per run (chosen on the validation videos): "
+                  + "; ".join(chosen) + "."]  # fmt: skip
+    return lines + [""]
+
+
+def tables_markdown(data: dict) -> list[str]:
+    keys = data["keys"]
+    lines = ["Per-model tables: ± is the standard deviation over runs."]
+    if data["metric"] == "top1" and "top5" not in keys:
+        chance = 500 / data["classes"]
+        lines.append(f"Top-5 is not shown: with {data['classes']} classes (< {TOP5_MIN_CLASSES}) "
+                     f"a random guess is in the top 5 {chance:.0f}% of the time.")  # fmt: skip
+    lines.append("")
     for section in data["sections"]:
         if not section["rows"]:
             continue
-        lines += [f"## {section['title']}", ""]
-        lines.append("| model | method | modality | init | peers / teacher | "
-                     + " | ".join(keys) + " | seeds |")  # fmt: skip
-        lines.append("|---" * (6 + len(keys)) + "|")
+        lines += [f"## {section['title']}", "",
+                  "| model | method | modality | init | peers / teacher | " + " | ".join(keys)
+                  + " | runs |", "|---" * (6 + len(keys)) + "|"]  # fmt: skip
         for r in section["rows"]:
             partner = r["peers"] or r["teacher"] or "–"
             cells = [f"`{r['model']}`", r["method"], r["modality"], f"`{r['init']}`", partner,
-                     *(_cell(r, k) for k in keys), str(r["seeds"])]  # fmt: skip
+                     *(_cell(r, k) for k in keys), str(r["runs"])]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    if data["ensembles"]:
-        lines += ["## Ensembles: probability averaging (paper App. 3)", "",
-                  "| members | modalities | " + " | ".join(keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]  # fmt: skip
-        for e in data["ensembles"]:
-            cells = [" + ".join(f"`{m}`" for m in e["members"]), ",".join(e["modalities"]),
-                     *(f"{e[k]:.1f}" for k in keys)]  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
-def write_report(params: Params, out_dir: Path, extra_metrics: list[Path] = ()) -> dict:
-    """reports/summary.md and summary.json (logged to MLflow); returns the data."""
-    data = collect(params, [params.paths.metrics, *extra_metrics])
+def ensembles_markdown(data: dict) -> list[str]:
+    keys = data["keys"]
+    if not data["ensembles"]:
+        return []
+    lines = ["## Ensembles: probability averaging (paper App. 3), first run", "",
+             "| members | modalities | " + " | ".join(keys) + " |",
+             "|---|---|" + "---|" * len(keys)]  # fmt: skip
+    for e in data["ensembles"]:
+        cells = [" + ".join(f"`{m}`" for m in e["members"]), ",".join(e["modalities"]),
+                 *(f"{e[k]:.1f}" for k in keys)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def to_markdown(data: dict, dataset: str) -> str:
+    return "\n".join(header(data, dataset) + orderings_markdown(data) + tables_markdown(data)
+                     + ensembles_markdown(data))  # fmt: skip
+
+
+def plot_comparisons(rows: list[dict], path: Path) -> None:
+    """Paired differences with their 95% intervals, one row per comparison that ran, and the
+    line each must clear (0, or −2 for "within 2 points"); written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    ran = [r for r in rows if r["verdict"] != "not run"][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(ran) + 1.6))
+    for y, r in enumerate(ran):
+        color = VERDICT_COLORS[r["verdict"]]
+        ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]],
+                    fmt="o", color=color, capsize=3)  # fmt: skip
+        ax.vlines(MARGINS[r["kind"]], y - 0.4, y + 0.4, colors="black", linestyles="--")
+    ax.set_yticks(range(len(ran)), [f"{r['name']} ({r['table']})" for r in ran], fontsize=7)
+    if not ran:
+        ax.text(0.5, 0.5, "no comparison could be run", ha="center", transform=ax.transAxes)
+    ax.axvline(0, color="0.6", lw=0.8)
+    handles = [Line2D([], [], color=c, marker="o", label=v) for v, c in VERDICT_COLORS.items()]
+    handles.append(Line2D([], [], color="black", ls="--", label="A − B must exceed"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set_xlabel("A − B (points), 95% bootstrap interval")
+    ax.set_title("The paper's orderings: paired differences", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_report(params: Params, out_dir: Path, runs: list[Run] | None = None) -> dict:
+    """reports/summary.md, summary.json and comparisons.png (logged to MLflow); returns the data.
+    `runs`: the runs to compare (default: this workspace only)."""
+    runs = collect_runs(params) if runs is None else runs
+    data = collect(params, runs)
     out_dir = Path(out_dir)
-    md, js = out_dir / "summary.md", out_dir / "summary.json"
+    md, js, png = out_dir / "summary.md", out_dir / "summary.json", out_dir / "comparisons.png"
     atomic_write_text(md, to_markdown(data, params.dataset.name))
-    atomic_write_text(js, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(js, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    plot_comparisons(data["comparisons"], png)
     from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
     tags = {"stage": "report", "method": "report", "dataset": params.dataset.name,
             "git_commit": tracking.git_commit(), "mml.role": "report"}  # fmt: skip
     run_id = client.create_run(experiment_id, run_name="report", tags=tags).info.run_id
-    tracking.log_artifacts(client, run_id, [md, js], "report")
+    tracking.log_artifacts(client, run_id, [md, js, png], "report")
     tracking.end_run(client, run_id)
     return data

@@ -1,4 +1,4 @@
-"""Ensembles and the summary report, on hand-made prediction and metrics files."""
+"""Ensembles, on hand-made prediction files (the report: tests/test_report.py)."""
 
 from __future__ import annotations
 
@@ -188,35 +188,3 @@ def test_greedy_breaks_ties_by_ref_and_needs_a_strict_gain(greedy_members):
     twin = Member("a_twin.0", "flow", x.scores, x.targets, x.ids, x.classes)
     steps = greedy_selection([x, twin], "top1", False, True, max_size=3)
     assert [s["members"] for s in steps] == [["a_twin.0"]]  # x + twin: equal, not better
-
-
-def test_report_tables_from_metrics_files_with_seed_aggregation(project, tmp_path):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["stages"] = {
-        "rgb_ce": {"method": "ce", "models": [{"modality": "rgb"}]},
-        "flow_rgb": {"method": "ce", "models": [{"modality": "flow", "init": "rgb_ce.0"}]},
-        "duo": {"method": "mml", "models": [{"modality": "rgb", "init": "rgb_ce.0"},
-                                             {"modality": "flow", "init": "rgb_ce.0"}]},
-        "d3d": {"method": "d3d", "teacher": "flow_rgb.0", "models": [{"init": "rgb_ce.0"}]},
-    }  # fmt: skip
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    seed1 = tmp_path / "seed1"
-    for root, shift in ((project / "metrics", 0.0), (seed1, 10.0)):
-        root.mkdir(parents=True, exist_ok=True)
-        for stage, entries in {
-            "rgb_ce": [("rgb", "scratch", 60.0)],
-            "flow_rgb": [("flow", "rgb_ce.0", 50.0)],
-            "duo": [("rgb", "rgb_ce.0", 70.0), ("flow", "rgb_ce.0", 65.0)],
-        }.items():
-            data = {str(k): {"modality": m, "init": i, "top1": t + shift, "top5": 99.0}
-                    for k, (m, i, t) in enumerate(entries)}  # fmt: skip
-            (root / f"{stage}.json").write_text(json.dumps(data))
-    out = mml("report", "--also", str(seed1))
-    assert "3 models" not in out and "4 models" in out  # d3d has no metrics yet: no row
-    md = (project / "reports/summary.md").read_text()
-    assert "paper Tab. 1" in md and "Mutual Modality Learning" in md and "MARS" not in md
-    assert "| `duo.1` | mml | flow | `rgb_ce.0` | rgb | 70.0 ± 7.1 | 99.0 ± 0.0 | 2 |" in md
-    data = json.loads((project / "reports/summary.json").read_text())
-    ce_rows = data["sections"][0]["rows"]
-    assert [r["model"] for r in ce_rows] == ["rgb_ce.0", "flow_rgb.0"]  # the order of params
-    assert ce_rows[1]["top1"] == 55.0 and ce_rows[1]["seeds"] == 2

@@ -1,0 +1,109 @@
+"""Multi-seed study: the pipeline once per seed as DVC experiments, then one report over all.
+
+    .venv/bin/python benchmarks/seed_study.py --seeds 1 2 3 4 5 [--jobs 1]
+
+Run from the repository root. Queues one experiment per seed (`dvc exp run --queue -S seed=N
+--name seed-N`), starts the queue (`dvc queue start -j JOBS`), shows the finished experiments as
+they come, prints the log of any that failed (`dvc queue logs NAME`), then writes the report
+over this workspace's own run (if it has one) and every finished seed (`mml report --exp
+seed-1 ...`) and prints its path and the wall time. Each experiment runs in a temporary copy of
+the workspace (its uncommitted changes included); only stages that depend on the seed re-run.
+Their MLflow runs go to MLFLOW_TRACKING_URI, or else to this workspace's own store
+(sqlite:///<here>/mlruns/mlflow.db), not to the temporary copy.
+Ctrl-C stops waiting, not the queue (`dvc queue kill NAME`, `dvc queue stop`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dvc.api import exp_show
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+BIN = Path(sys.executable).parent  # dvc and mml of this venv, first on PATH (as the Makefile)
+DONE = {"Success", "Failed"}
+console = Console(stderr=True)
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    store = f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"  # experiments run elsewhere
+    env = {"MLFLOW_TRACKING_URI": store, **os.environ,
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result
+
+
+def queue(seeds: list[int], prefix: str) -> list[str]:
+    """One queued experiment per seed; refuses names that experiments of HEAD already use."""
+    names = [f"{prefix}-{seed}" for seed in seeds]
+    taken = set(run("dvc", "exp", "list", "--name-only").stdout.split()) & set(names)
+    if taken:
+        sys.exit(f"experiments {sorted(taken)} exist already: remove them (`dvc exp remove "
+                 f"{' '.join(sorted(taken))}`) or choose another --prefix.")  # fmt: skip
+    for seed, name in zip(seeds, names, strict=True):
+        run("dvc", "exp", "run", "--queue", "-S", f"seed={seed}", "--name", name)
+    return names
+
+
+def states(names: list[str]) -> dict[str, str]:
+    """State of each named experiment of HEAD: Queued, Running, Success or Failed."""
+    rows = exp_show(".", force=True)
+    found = {r["Experiment"]: r.get("State") or "Success" for r in rows if r.get("Experiment")}
+    return {name: found.get(name, "Queued") for name in names}
+
+
+def wait(names: list[str], poll: float) -> dict[str, str]:
+    """Poll until every experiment finished, with a progress bar of finished ones."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("experiments", total=len(names))
+        while True:
+            now = states(names)
+            running = ", ".join(n for n, s in now.items() if s == "Running") or "-"
+            failed = ", ".join(n for n, s in now.items() if s == "Failed")
+            label = f"running {running}" + (f"; failed {failed}" if failed else "")
+            progress.update(task, completed=sum(s in DONE for s in now.values()), description=label)
+            if all(s in DONE for s in now.values()):
+                return now
+            time.sleep(poll)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--jobs", type=int, default=1, help="experiments run side by side")
+    parser.add_argument("--prefix", default="seed", help="experiment names: PREFIX-SEED")
+    parser.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+    parser.add_argument("--out", default="reports", help="directory of the report")
+    args = parser.parse_args()
+    if not Path("dvc.yaml").exists():
+        sys.exit("run from the repository root (where dvc.yaml is)")
+    started = time.time()
+    names = queue(args.seeds, args.prefix)
+    run("dvc", "queue", "start", "-j", str(args.jobs))
+    final = wait(names, args.poll)
+    for name in (n for n, s in final.items() if s != "Success"):
+        log = run("dvc", "queue", "logs", name, check=False)
+        console.print(f"[red]{name} failed[/red]; the end of `dvc queue logs {name}`:")
+        console.print("\n".join((log.stdout + log.stderr).splitlines()[-30:]), markup=False)
+    done = [n for n, s in final.items() if s == "Success"]
+    if not done:
+        sys.exit("no experiment finished: no report")
+    report = run("mml", "report", "-q", "--out", args.out, *(f"--exp={n}" for n in done))
+    print(report.stdout.strip())
+    print(f"report: {Path(args.out) / 'summary.md'} ({len(done)} of {len(names)} seeds); "
+          f"wall time {time.time() - started:.0f} s")  # fmt: skip
+    sys.exit(0 if len(done) == len(names) else 1)
+
+
+if __name__ == "__main__":
+    main()

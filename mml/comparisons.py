@@ -1,0 +1,161 @@
+"""The paper's orderings, declared once, and their paired test over the runs of a report.
+
+Each `Comparison` says that model A beats its control B (or is within 2 points of it) on the
+validation set, as a table of the paper found. A model is a ref '<stage>.<k>', a tuple of refs
+(their ensemble: probabilities averaged, as `mml ensemble` does) or `BEST_PAIR`: in each run,
+the best two-model ensemble with distinct modalities among `ensemble.candidates` (empty: every
+evaluated model) other than the comparison's model A — chosen on the same validation videos,
+which favours the ensemble.
+
+`compare` pairs A and B video by video in every run that has both, and bootstraps runs and
+videos (mml/stats.py) for the difference A - B and its 95% interval. A comparison whose models
+no run has is "not run".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from mml.config import ConfigError
+from mml.ensemble import Member, average, score_combinations
+from mml.runs import Run
+from mml.stats import Metric, accuracy, mean_ap, paired_bootstrap, verdict
+
+BEST_PAIR = "best pair ensemble"
+WITHIN_2 = "within 2 points"
+MARGINS = {"greater": 0.0, WITHIN_2: -2.0}  # A - B must exceed this
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0  # every comparison draws from a generator seeded with this
+
+Model = str | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The claim "A > B" (kind "greater") or "A >= B - 2 points" (kind "within 2 points")."""
+
+    name: str
+    table: str  # where the paper shows it
+    a: Model
+    b: Model  # the control
+    kind: Literal["greater", "within 2 points"] = "greater"
+
+
+CE_ENSEMBLE = ("rgb_ce_re.0", "flow_ce_rgb.0", "diff_ce_rgb.0")
+ML_ENSEMBLE = ("ens_rgb.0", "ens_flow.0", "ens_diff.0")
+
+# The default pipeline's stages (params.yaml); "+6" = 6 more epochs from the named init.
+COMPARISONS: tuple[Comparison, ...] = (
+    Comparison("Flow: from RGB > from scratch", "Tab. 1", "flow_ce_rgb.0", "flow_ce_scratch.0"),
+    Comparison("Diff: from RGB > from scratch", "Tab. 1", "diff_ce_rgb.0", "diff_ce_scratch.0"),
+    Comparison("ML > CE (rgb_ce.0 +6)", "Tab. 5", "rgb_ml.0", "rgb_ce_re.0"),
+    Comparison("MML > CE (rgb_ml.0 +6)", "Tabs. 3, 7", "mml.0", "rgb_ml_re.0"),
+    Comparison("MML RGB+Flow > CE (rgb_ce.0 +6)", "Tabs. 3, 7", "mml_rf.0", "rgb_ce_re.0"),
+    Comparison("MML RGB+Flow+Diff > CE (rgb_ce.0 +6)", "Tabs. 3, 7", "mml_rfd.0", "rgb_ce_re.0"),
+    Comparison("MML > ML (rgb_ce.0 +6)", "Tabs. 3, 7", "mml_rfd.0", "rgb_ml.0"),
+    Comparison("the KL term: MML > same loader, no KL", "ablation", "mml_rfd.0", "mml_rfd_kl0.0"),
+    Comparison("MML > MARS", "Tab. 2", "mml_rf.0", "mars.0"),
+    Comparison("MML > D3D", "Tab. 2", "mml_rf.0", "d3d.0"),
+    Comparison("MML within 2 points of best pair", "Fig. 3, Tab. 11", "mml.0", BEST_PAIR, WITHIN_2),
+    Comparison("ML-trained > CE-trained ensemble", "Tabs. 11-13", ML_ENSEMBLE, CE_ENSEMBLE),
+)
+
+
+def refs(model: Model) -> list[str]:
+    """The model refs that `model` names (none for BEST_PAIR, chosen per run)."""
+    if model == BEST_PAIR:
+        return []
+    return [model] if isinstance(model, str) else list(model)
+
+
+def describe(model: Model) -> str:
+    return model if isinstance(model, str) else " + ".join(model)
+
+
+def resolve(model: Model, run: Run, candidates: Sequence[str]) -> Member | None:
+    """`model`'s validation predictions in `run` (an ensemble averaged), or None if missing."""
+    if model == BEST_PAIR:
+        return best_pair(run, candidates)
+    members = [run.member(ref) for ref in refs(model)]
+    if any(m is None for m in members):
+        return None
+    return members[0] if len(members) == 1 else average(members)
+
+
+def best_pair(run: Run, candidates: Sequence[str]) -> Member | None:
+    """The run's best two-model ensemble with distinct modalities (ties: the smaller refs)."""
+    members = [m for m in map(run.member, candidates or run.refs()) if m is not None]
+    if not members:
+        return None
+    multilabel = members[0].targets.ndim == 2
+    key = "mAP" if multilabel else "top1"
+    pairs = score_combinations(members, (2,), True, multilabel)
+    if not pairs:
+        return None
+    best = min(pairs, key=lambda r: (-r[key], r["members"]))
+    return average([run.member(ref) for ref in best["members"]])
+
+
+def align(pairs: list[tuple[Member, Member]]) -> tuple[np.ndarray, np.ndarray, Metric]:
+    """Per run, A's and B's values on the videos that both predicted in every run (by id):
+    0/1 correctness (single-label) or scores (multi-label), and the metric over them."""
+    members = [m for pair in pairs for m in pair]
+    ids = sorted(set(members[0].ids).intersection(*(m.ids for m in members[1:])))
+    if not ids:
+        raise ConfigError(f"{members[0].ref} and {members[1].ref}: no video in common")
+    rows = [_rows(m, ids) for m in members]
+    targets = members[0].targets[rows[0]]
+    for m, r in zip(members, rows, strict=True):
+        differ = np.flatnonzero((m.targets[r] != targets).reshape(len(ids), -1).any(axis=1))
+        if differ.size:
+            raise ConfigError(f"{m.ref} and {members[0].ref} disagree on the labels of video "
+                              f"{ids[differ[0]]}: are they runs of the same dataset?")  # fmt: skip
+    if targets.ndim == 2:
+        values, metric = [m.scores[r] for m, r in zip(members, rows, strict=True)], mean_ap(targets)
+    else:
+        values = [(m.scores[r].argmax(axis=1) == targets).astype(float)
+                  for m, r in zip(members, rows, strict=True)]  # fmt: skip
+        metric = accuracy
+    return np.stack(values[0::2]), np.stack(values[1::2]), metric
+
+
+def _rows(member: Member, ids: list[str]) -> np.ndarray:
+    position = {video: row for row, video in enumerate(member.ids)}
+    return np.array([position[video] for video in ids], dtype=np.int64)
+
+
+def compare(c: Comparison, runs: list[Run], candidates: Sequence[str] = (), *,
+            n_boot: int = BOOTSTRAP_SAMPLES) -> dict:  # fmt: skip
+    """One row of the orderings table: values, paired difference, 95% CI and verdict."""
+    row: dict = {"name": c.name, "table": c.table, "a": describe(c.a), "b": describe(c.b),
+                 "kind": c.kind}  # fmt: skip
+    pairs, used = [], []
+    # A single model is compared with ensembles of *other* models: never a pair holding A itself
+    others = [ref for ref in candidates if ref not in refs(c.a)]
+    for run in runs:
+        pool = others or [ref for ref in run.refs() if ref not in refs(c.a)]
+        a, b = resolve(c.a, run, pool), resolve(c.b, run, pool)
+        if a is not None and b is not None:
+            pairs.append((a, b))
+            used.append(run)
+    if not pairs:
+        missing = [r for r in refs(c.a) + refs(c.b) if all(run.member(r) is None for run in runs)]
+        if BEST_PAIR in (c.a, c.b) and not missing:
+            missing = [BEST_PAIR]
+        return {**row, "verdict": "not run", "missing": missing}
+    a, b, metric = align(pairs)
+    ci = paired_bootstrap(a, b, rng=np.random.default_rng(BOOTSTRAP_SEED), n_boot=n_boot,
+                          metric=metric)  # fmt: skip
+    every = np.arange(ci.videos)
+    row |= {"metric": "mAP" if a.ndim == 3 else "top1",
+            "a_value": float(metric(a, every).mean()), "b_value": float(metric(b, every).mean()),
+            "diff": ci.diff, "low": ci.low, "high": ci.high, "runs": [r.name for r in used],
+            "videos": ci.videos, "verdict": verdict(ci, margin=MARGINS[c.kind])}  # fmt: skip
+    for side, model in (("a", c.a), ("b", c.b)):
+        if model == BEST_PAIR:
+            row[f"{side}_chosen"] = [pair[side == "b"].ref for pair in pairs]
+    return row
