@@ -83,6 +83,7 @@ class SynthConfig(Section):
     noise: float = Field(6.0, ge=0)
     object_scale: float = Field(1.0, gt=0, le=3)
     texture: float = Field(1.0, ge=0, le=1)
+    object_texture: float = Field(0.0, ge=0, le=1, description="objects' surface texture")
     bright_objects: bool = True
     multilabel: bool = Field(False, description="Charades-like: several objects and actions")
     actions: tuple[int, int] = Field((1, 3), description="multilabel: min, max actions/video")

@@ -223,3 +223,37 @@ def test_generate_with_another_spec_replaces_everything(tiny, tmp_path):
     generate(fresh, other)
     assert _files(changed) == _files(fresh)
     assert _files(fresh)["videos/1.webm"] != _files(tiny)["videos/1.webm"]  # another seed
+
+
+def test_camera_shake_is_smooth_and_sub_pixel():
+    from mml.data.synth import camera_shake
+
+    pad, shifts = camera_shake(np.random.default_rng(0), 4000, 2.0)
+    assert pad == 6 and np.abs(shifts).max() <= pad
+    np.testing.assert_allclose(shifts.std(axis=0), 2.0, rtol=0.15)
+    steps = np.abs(np.diff(shifts, axis=0))
+    assert steps.mean() < 0.6  # a hand-held camera drifts; it does not jump 2 px every frame
+    assert (shifts != np.rint(shifts)).mean() > 0.99  # sub-pixel: rendered by interpolation
+    assert not camera_shake(np.random.default_rng(0), 10, 0.0)[1].any()
+
+
+def test_object_texture_is_painted_on_the_object_and_moves_with_it():
+    from dataclasses import replace
+
+    from mml.data.synth import track_shade
+
+    spec = replace(CLEAN, object_texture=0.8)
+    plan = plan_video(_class("Moving [something] from left to right"), np.random.default_rng(2),
+                      spec)  # fmt: skip
+    track = plan.tracks[plan.target]
+    assert track.pattern[0] > 0.3
+    shade = track_shade(track, spec.height, spec.width)
+    body, _ = track_alpha(track, spec.height, spec.width)
+    inside = body > 0.99
+    assert shade[inside].std() > 0.05  # a pattern, not a flat colour
+    # the grating is fixed to the object: at the object's centre it never changes
+    centre = [shade[t, int(round(track.y[t])), int(round(track.x[t]))] for t in range(len(shade))]
+    moved = track.x[-1] - track.x[0]
+    assert moved > 5 and np.ptp(centre) < 0.25
+    flat = replace(track, pattern=(0.0, 1.0, 0.0, 0.0))
+    assert (track_shade(flat, spec.height, spec.width) == 1).all()

@@ -25,7 +25,7 @@ from mml.fsio import atomic_write_text
 from mml.workers import end_with
 
 # Bump when the rendering changes, so `generate` does not keep videos drawn by older code.
-SYNTH_VERSION = 4
+SYNTH_VERSION = 5
 
 CLASS_TEMPLATES: tuple[str, ...] = (
     "Moving [something] from left to right",
@@ -87,6 +87,7 @@ class SynthSpec:
     object_scale: float = 1.0  # multiplies every object's size
     bright_objects: bool = True  # objects lighter than a dark background (learnable from scratch)
     texture: float = 1.0  # background contrast: 0 plain colour .. 1 full-contrast texture
+    object_texture: float = 0.0  # objects' surface grating amplitude: 0 flat colour .. 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frames", tuple(self.frames))  # a list when read from JSON
@@ -119,6 +120,9 @@ class Track:
     radius: np.ndarray
     angle: np.ndarray
     opacity: np.ndarray
+    # surface texture: (amplitude 0..1, cycles per object radius, direction rad, phase rad);
+    # amplitude 0 is a flat colour
+    pattern: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class VideoPlan:
     height: int
     width: int
     background: np.ndarray  # (H + 2*pad, W + 2*pad, 3) float32
-    shifts: np.ndarray  # (T, 2) int, camera jitter (dx, dy) in px, |shift| <= pad
+    shifts: np.ndarray  # (T, 2) float32, camera shake (dx, dy) in px, |shift| <= pad
     tracks: tuple[Track, ...]  # in drawing order (back to front)
     target: int  # index in `tracks` of the object doing the class motion
     noise: float
@@ -182,6 +186,18 @@ def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r} (choose one of {SHAPES})")
 
 
+def _object_coords(
+    track: Track, height: int, width: int, top: int, left: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, radius): each pixel of the window in the object's own units, per frame."""
+    cols = np.arange(left, left + width, dtype=np.float32)[None, None, :]
+    rows = np.arange(top, top + height, dtype=np.float32)[None, :, None]
+    dx, dy = cols - track.x[:, None, None], rows - track.y[:, None, None]
+    cos, sin = np.cos(track.angle)[:, None, None], np.sin(track.angle)[:, None, None]
+    radius = track.radius[:, None, None]
+    return (cos * dx + sin * dy) / radius, (cos * dy - sin * dx) / radius, radius
+
+
 def track_alpha(
     track: Track, height: int, width: int, *, top: int = 0, left: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -190,16 +206,25 @@ def track_alpha(
     The window starts at pixel (top, left). Includes the opacity; anti-aliased by turning the
     signed distance in pixels into coverage.
     """
-    cols = np.arange(left, left + width, dtype=np.float32)[None, None, :]
-    rows = np.arange(top, top + height, dtype=np.float32)[None, :, None]
-    dx, dy = cols - track.x[:, None, None], rows - track.y[:, None, None]
-    cos, sin = np.cos(track.angle)[:, None, None], np.sin(track.angle)[:, None, None]
-    radius = track.radius[:, None, None]
-    u, v = (cos * dx + sin * dy) / radius, (cos * dy - sin * dx) / radius
+    u, v, radius = _object_coords(track, height, width, top, left)
     body = np.clip(0.5 - _shape_distance(track.shape, u, v) * radius, 0, 1)
     body *= track.opacity[:, None, None]
     tip = body * np.clip(0.5 - (v + 0.4) * radius, 0, 1)  # the part with v < -0.4
     return body.astype(np.float32), tip.astype(np.float32)
+
+
+def track_shade(
+    track: Track, height: int, width: int, *, top: int = 0, left: int = 0
+) -> np.ndarray:
+    """(T, height, width) float32 brightness factor of the object's surface: 1 - amplitude *
+    a sinusoidal grating fixed to the object (it moves, turns and grows with it)."""
+    amplitude, cycles, direction, phase = track.pattern
+    if amplitude == 0:
+        return np.ones((len(track.x), height, width), np.float32)
+    u, v, _ = _object_coords(track, height, width, top, left)
+    along = u * np.cos(direction) + v * np.sin(direction)
+    grating = 0.5 + 0.5 * np.sin(2 * np.pi * cycles * along + phase)
+    return (1 - amplitude * grating).astype(np.float32)
 
 
 # ---------------------------------------------------------------- planning
@@ -220,6 +245,19 @@ def _profile(rng: np.random.Generator, frames: int, start=(0.0, 0.2), end=(0.8, 
     p = np.clip((np.linspace(0, 1, frames) - a) / max(b - a, 1e-6), 0, 1)
     smooth = _uniform(rng, 0, 1)
     return ((1 - smooth) * p + smooth * p * p * (3 - 2 * p)).astype(np.float32)
+
+
+def surface(rng: np.random.Generator, texture: float) -> tuple[float, float, float, float]:
+    """An object's surface pattern (`Track.pattern`): amplitude up to `texture`, 0.6..1.2
+    cycles per radius (a period of about 2 to 5 px on the default's objects), any direction."""
+    if texture <= 0:
+        return (0.0, 1.0, 0.0, 0.0)
+    return (
+        _uniform(rng, 0.5, 1.0) * texture,
+        _uniform(rng, 0.6, 1.2),
+        _uniform(rng, 0, np.pi),
+        _uniform(rng, 0, 2 * np.pi),
+    )
 
 
 def _choose_colour(rng: np.random.Generator, avoid: list[np.ndarray], exclude=()) -> str:
@@ -272,6 +310,23 @@ def _background(
     mix = np.clip(mix, 0, 1)[..., None]
     texture = (1 - mix) * c1.astype(np.float32) + mix * c2.astype(np.float32)
     return texture.astype(np.float32), ([c1] if kind == "solid" else [c1, c2])
+
+
+def camera_shake(rng: np.random.Generator, frames: int, jitter: float) -> tuple[int, np.ndarray]:
+    """(pad, shifts): a hand-held camera's smooth sub-pixel shake, (frames, 2) float32 px.
+
+    White noise low-passed over about 3 frames, scaled to a std of `jitter` px per axis and
+    clipped to +-pad. A real camera moves smoothly; independent whole-pixel jumps every frame
+    (this generator's version 4) gave optical flow mostly camera motion (issue 13).
+    """
+    pad = int(np.ceil(3 * jitter))
+    if jitter <= 0:
+        return pad, np.zeros((frames, 2), np.float32)
+    kernel = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
+    white = rng.normal(0, 1, (frames + len(kernel) - 1, 2))
+    smooth = np.stack([np.convolve(white[:, i], kernel, "valid") for i in (0, 1)], axis=1)
+    smooth *= jitter / np.sqrt((kernel**2).sum())  # unit-variance noise through the filter
+    return pad, np.clip(smooth, -pad, pad).astype(np.float32)
 
 
 def _drift(rng: np.random.Generator, p: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
@@ -346,18 +401,19 @@ def plan_video(class_id: int, rng: np.random.Generator, spec: SynthSpec) -> Vide
         raise ValueError(f"class_id {class_id} out of range 0..{spec.num_classes - 1}")
     h, w = spec.height, spec.width
     frames = int(rng.integers(spec.frames[0], spec.frames[1] + 1))
-    pad = int(np.ceil(3 * spec.jitter))
+    pad, shifts = camera_shake(rng, frames, spec.jitter)
     background, bg_colours = _background(
         rng, h + 2 * pad, w + 2 * pad, spec.texture, dark=spec.bright_objects
     )
-    shifts = np.clip(np.rint(rng.normal(0, spec.jitter, (frames, 2))), -pad, pad).astype(int)
     family, inverse = _FAMILIES[class_id // 2], class_id % 2 == 1
     target_look = _look(rng, bg_colours, bright=spec.bright_objects)
-    target = Track(*target_look, **_target_motion(family, rng, frames, h, w, spec.object_scale))
+    motion = _target_motion(family, rng, frames, h, w, spec.object_scale)
+    target = Track(*target_look, **motion, pattern=surface(rng, spec.object_texture))
     tracks = []
     for _ in range(int(rng.integers(0, spec.distractors + 1))):
         look = _look(rng, bg_colours, exclude=(target_look[1],), bright=spec.bright_objects)
-        tracks.append(_distractor(rng, frames, h, w, look, spec.object_scale))
+        distractor = _distractor(rng, frames, h, w, look, spec.object_scale)
+        tracks.append(replace(distractor, pattern=surface(rng, spec.object_texture)))
     depth = int(rng.integers(0, len(tracks) + 1))
     tracks.insert(depth, target)
     noise_seed = int(rng.integers(2**63))
@@ -385,7 +441,8 @@ def draw_video(plan: VideoPlan) -> np.ndarray:
     pad = (plan.background.shape[0] - h) // 2
     video = np.empty((len(plan.shifts), h, w, 3), np.float32)
     for t, (dx, dy) in enumerate(plan.shifts):  # the camera moves: the crop window moves back
-        video[t] = plan.background[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+        centre = (pad - dx + (w - 1) / 2, pad - dy + (h - 1) / 2)  # bilinear, sub-pixel
+        video[t] = cv2.getRectSubPix(plan.background, (w, h), centre)
     shift_x = plan.shifts[:, 0].astype(np.float32)
     shift_y = plan.shifts[:, 1].astype(np.float32)
     for track in plan.tracks:
@@ -396,8 +453,9 @@ def draw_video(plan: VideoPlan) -> np.ndarray:
         if x0 >= x1 or y0 >= y1:
             continue
         body, tip = track_alpha(moved, y1 - y0, x1 - x0, top=y0, left=x0)
+        shade = track_shade(moved, y1 - y0, x1 - x0, top=y0, left=x0)[..., None]
         region = video[:, y0:y1, x0:x1]  # a view: painting it paints the video
-        region += body[..., None] * (track.rgb - region)
+        region += body[..., None] * (shade * track.rgb - region)
         region += tip[..., None] * (track.tip_rgb - region)
     if plan.noise > 0:
         rng = np.random.default_rng(plan.noise_seed)

@@ -31,9 +31,11 @@ from mml.data.synth import (
     _look,
     _reverse,
     _target_motion,
+    camera_shake,
     draw_video,
     remove_stale,
     run_tasks,
+    surface,
 )
 from mml.fsio import atomic_write_text
 
@@ -71,16 +73,16 @@ def plan_multilabel_video(
         raise ValueError(f"class ids {class_ids} out of range 0..{spec.num_classes - 1}")
     h, w, bright = spec.height, spec.width, spec.bright_objects
     frames = int(rng.integers(spec.frames[0], spec.frames[1] + 1))
-    pad = int(np.ceil(3 * spec.jitter))
+    pad, shifts = camera_shake(rng, frames, spec.jitter)
     background, bg_colours = _background(rng, h + 2 * pad, w + 2 * pad, spec.texture, dark=bright)
-    shifts = np.clip(np.rint(rng.normal(0, spec.jitter, (frames, 2))), -pad, pad).astype(int)
     scale = SIZE_FACTOR * spec.object_scale
     tracks: list[Track] = []
     used: list[str] = []  # target colours, which no later object takes (of 12, spare 2)
     for c in class_ids:
         look = _look(rng, bg_colours, exclude=used[-10:], bright=bright)
         used.append(look[1])
-        track = Track(*look, **_target_motion(_FAMILIES[c // 2], rng, frames, h, w, scale))
+        motion = _target_motion(_FAMILIES[c // 2], rng, frames, h, w, scale)
+        track = Track(*look, **motion, pattern=surface(rng, spec.object_texture))
         if c % 2 and _FAMILIES[c // 2] == "push":  # pushed the other way: mirror the path
             track = replace(track, x=(w - 1 - track.x).astype(np.float32))
         elif c % 2:  # the inverse class is this object's motion played backwards
@@ -88,7 +90,8 @@ def plan_multilabel_video(
         tracks.append(track)
     for _ in range(int(rng.integers(0, spec.distractors + 1))):
         look = _look(rng, bg_colours, exclude=used[-10:], bright=bright)
-        tracks.append(_distractor(rng, frames, h, w, look, scale))
+        distractor = _distractor(rng, frames, h, w, look, scale)
+        tracks.append(replace(distractor, pattern=surface(rng, spec.object_texture)))
     order = [int(i) for i in rng.permutation(len(tracks))]  # drawing order, back to front
     targets = tuple(order.index(i) for i in range(len(class_ids)))
     noise_seed = int(rng.integers(2**63))
