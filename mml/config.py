@@ -85,6 +85,7 @@ class SynthConfig(Section):
     texture: float = Field(1.0, ge=0, le=1)
     object_texture: float = Field(0.0, ge=0, le=1, description="objects' surface texture")
     bright_objects: bool = True
+    dark_share: float = Field(0.0, ge=0, le=1, description="share of dark-object videos")
     multilabel: bool = Field(False, description="Charades-like: several objects and actions")
     actions: tuple[int, int] = Field((1, 3), description="multilabel: min, max actions/video")
 

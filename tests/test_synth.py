@@ -243,8 +243,8 @@ def test_object_texture_is_painted_on_the_object_and_moves_with_it():
     from mml.data.synth import track_shade
 
     spec = replace(CLEAN, object_texture=0.8)
-    plan = plan_video(_class("Moving [something] from left to right"), np.random.default_rng(2),
-                      spec)  # fmt: skip
+    left_to_right = _class("Moving [something] from left to right")
+    plan = plan_video(left_to_right, np.random.default_rng(2), spec)
     track = plan.tracks[plan.target]
     assert track.pattern[0] > 0.3
     shade = track_shade(track, spec.height, spec.width)
@@ -257,3 +257,24 @@ def test_object_texture_is_painted_on_the_object_and_moves_with_it():
     assert moved > 5 and np.ptp(centre) < 0.25
     flat = replace(track, pattern=(0.0, 1.0, 0.0, 0.0))
     assert (track_shade(flat, spec.height, spec.width) == 1).all()
+
+
+def test_dark_share_puts_dark_objects_on_light_backgrounds_in_that_share_of_videos():
+    from dataclasses import replace
+
+    from mml.data.synth import tones
+
+    def target_minus_background(seed: int, share: float) -> float:
+        spec = replace(CLEAN, dark_share=share)
+        plan = plan_video(_class("Moving [something] up"), np.random.default_rng(seed), spec)
+        body, _ = track_alpha(plan.tracks[plan.target], spec.height, spec.width)
+        frames = draw_video(plan).astype(np.float32).mean(-1)
+        inside, outside = body > 0.99, body < 0.01
+        return float(frames[inside].mean() - frames[outside].mean())
+
+    assert all(target_minus_background(seed, 0.0) > 30 for seed in SEEDS)
+    assert all(target_minus_background(seed, 1.0) < -30 for seed in SEEDS)
+    rng, spec = np.random.default_rng(0), replace(CLEAN, dark_share=0.3)
+    dark = np.mean([tones(rng, spec)[0] == "dark" for _ in range(4000)])
+    assert abs(dark - 0.3) < 0.03
+    assert tones(rng, replace(spec, bright_objects=False)) == (None, None)

@@ -86,6 +86,7 @@ class SynthSpec:
     noise: float = 6.0  # pixel noise std (0..255 scale)
     object_scale: float = 1.0  # multiplies every object's size
     bright_objects: bool = True  # objects lighter than a dark background (learnable from scratch)
+    dark_share: float = 0.0  # with bright_objects: share of videos with dark objects on light
     texture: float = 1.0  # background contrast: 0 plain colour .. 1 full-contrast texture
     object_texture: float = 0.0  # objects' surface grating amplitude: 0 flat colour .. 1
 
@@ -268,28 +269,42 @@ def _choose_colour(rng: np.random.Generator, avoid: list[np.ndarray], exclude=()
     return str(rng.choice(far)) if far else names[int(np.argmax(gaps))]
 
 
-def _look(rng: np.random.Generator, avoid: list[np.ndarray], exclude=(), bright=False) -> tuple:
-    """(shape, colour name, body rgb, tip rgb) of a new object; `bright` lifts it to 110..255."""
+def _look(rng: np.random.Generator, avoid: list[np.ndarray], exclude=(), tone=None) -> tuple:
+    """(shape, colour name, body rgb, tip rgb) of a new object; `tone` "light" lifts it to
+    110..255, "dark" lowers it to 0..145 (None: any colour)."""
     shape = str(rng.choice(SHAPES))
     colour = _choose_colour(rng, avoid, exclude)
     tip = _choose_colour(rng, [*avoid, np.asarray(COLOURS[colour])])
     shade = rng.uniform(-15, 15, 3)
     rgb = np.clip(np.add(COLOURS[colour], shade), 0, 255).astype(np.float32)
     tip_rgb = np.asarray(COLOURS[tip], dtype=np.float32)
-    if bright:
-        rgb, tip_rgb = 110 + rgb * (145 / 255), 110 + tip_rgb * (145 / 255)
+    if tone is not None:
+        low = 110 if tone == "light" else 0
+        rgb, tip_rgb = low + rgb * (145 / 255), low + tip_rgb * (145 / 255)
     return shape, colour, rgb, tip_rgb
 
 
+def tones(rng: np.random.Generator, spec: SynthSpec) -> tuple[str | None, str | None]:
+    """(objects' tone, background's tone) of one video: light objects on a dark background, or
+    with probability `spec.dark_share` dark objects on a light one (real objects are either);
+    (None, None) when `spec.bright_objects` is off: any colours."""
+    if not spec.bright_objects:
+        return None, None
+    if spec.dark_share > 0 and rng.random() < spec.dark_share:
+        return "dark", "light"
+    return "light", "dark"
+
+
 def _background(
-    rng: np.random.Generator, height: int, width: int, contrast: float = 1.0, dark: bool = False
+    rng: np.random.Generator, height: int, width: int, contrast: float = 1.0, tone=None
 ) -> tuple[np.ndarray, list]:
     """A random texture (H, W, 3) float32 and the colours it mixes (c2 pulled to c1 by 1-contrast).
 
-    `dark` keeps every channel below 100, under the lifted colours of bright objects.
+    `tone` "dark" keeps every channel below 100, under the lifted colours of light objects;
+    "light" keeps them above 155, over the lowered colours of dark objects.
     """
-    top = 100 if dark else 255
-    c1, c2 = rng.uniform(0, top, 3), rng.uniform(0, top, 3)
+    low, high = {"dark": (0, 100), "light": (155, 255)}.get(tone, (0, 255))
+    c1, c2 = rng.uniform(low, high, 3), rng.uniform(low, high, 3)
     c2 = c1 + contrast * (c2 - c1)
     kind = str(rng.choice(_BACKGROUNDS))
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -361,7 +376,8 @@ def _target_motion(
         else:
             m["x"], m["y"] = along, cy + 0.3 * ey
     elif family == "scale":  # geometric growth looks like approaching at constant speed
-        r0, grow = _uniform(rng, 0.05, 0.08) * size * scale, _uniform(rng, 2.0, 3.0)
+        # grows 3-4x (edges move ~0.3 px/frame at 32 px, which TV-L1 resolves; 2-3x did not)
+        r0, grow = _uniform(rng, 0.04, 0.06) * size * scale, _uniform(rng, 3.0, 4.0)
         m["radius"] = r0 * grow**p
         margin = 1.15 * r0 * grow + 0.06 * size
         m["x"], m["y"] = _inside(rng, margin, w) + ex, _inside(rng, margin, h) + ey
@@ -402,16 +418,15 @@ def plan_video(class_id: int, rng: np.random.Generator, spec: SynthSpec) -> Vide
     h, w = spec.height, spec.width
     frames = int(rng.integers(spec.frames[0], spec.frames[1] + 1))
     pad, shifts = camera_shake(rng, frames, spec.jitter)
-    background, bg_colours = _background(
-        rng, h + 2 * pad, w + 2 * pad, spec.texture, dark=spec.bright_objects
-    )
+    tone, bg_tone = tones(rng, spec)
+    background, bg_colours = _background(rng, h + 2 * pad, w + 2 * pad, spec.texture, bg_tone)
     family, inverse = _FAMILIES[class_id // 2], class_id % 2 == 1
-    target_look = _look(rng, bg_colours, bright=spec.bright_objects)
+    target_look = _look(rng, bg_colours, tone=tone)
     motion = _target_motion(family, rng, frames, h, w, spec.object_scale)
     target = Track(*target_look, **motion, pattern=surface(rng, spec.object_texture))
     tracks = []
     for _ in range(int(rng.integers(0, spec.distractors + 1))):
-        look = _look(rng, bg_colours, exclude=(target_look[1],), bright=spec.bright_objects)
+        look = _look(rng, bg_colours, exclude=(target_look[1],), tone=tone)
         distractor = _distractor(rng, frames, h, w, look, spec.object_scale)
         tracks.append(replace(distractor, pattern=surface(rng, spec.object_texture)))
     depth = int(rng.integers(0, len(tracks) + 1))

@@ -36,6 +36,7 @@ from mml.data.synth import (
     remove_stale,
     run_tasks,
     surface,
+    tones,
 )
 from mml.fsio import atomic_write_text
 
@@ -71,15 +72,16 @@ def plan_multilabel_video(
         raise ValueError(f"need one or more distinct class ids, got {class_ids}")
     if not all(0 <= c < spec.num_classes for c in class_ids):
         raise ValueError(f"class ids {class_ids} out of range 0..{spec.num_classes - 1}")
-    h, w, bright = spec.height, spec.width, spec.bright_objects
+    h, w = spec.height, spec.width
     frames = int(rng.integers(spec.frames[0], spec.frames[1] + 1))
     pad, shifts = camera_shake(rng, frames, spec.jitter)
-    background, bg_colours = _background(rng, h + 2 * pad, w + 2 * pad, spec.texture, dark=bright)
+    tone, bg_tone = tones(rng, spec)
+    background, bg_colours = _background(rng, h + 2 * pad, w + 2 * pad, spec.texture, bg_tone)
     scale = SIZE_FACTOR * spec.object_scale
     tracks: list[Track] = []
     used: list[str] = []  # target colours, which no later object takes (of 12, spare 2)
     for c in class_ids:
-        look = _look(rng, bg_colours, exclude=used[-10:], bright=bright)
+        look = _look(rng, bg_colours, exclude=used[-10:], tone=tone)
         used.append(look[1])
         motion = _target_motion(_FAMILIES[c // 2], rng, frames, h, w, scale)
         track = Track(*look, **motion, pattern=surface(rng, spec.object_texture))
@@ -89,7 +91,7 @@ def plan_multilabel_video(
             track = _reverse(track)
         tracks.append(track)
     for _ in range(int(rng.integers(0, spec.distractors + 1))):
-        look = _look(rng, bg_colours, exclude=used[-10:], bright=bright)
+        look = _look(rng, bg_colours, exclude=used[-10:], tone=tone)
         distractor = _distractor(rng, frames, h, w, look, scale)
         tracks.append(replace(distractor, pattern=surface(rng, spec.object_texture)))
     order = [int(i) for i in rng.permutation(len(tracks))]  # drawing order, back to front
