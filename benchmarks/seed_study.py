@@ -33,8 +33,11 @@ console = Console(stderr=True)
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     store = f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"  # experiments run elsewhere
-    env = {"MLFLOW_TRACKING_URI": store, **os.environ,
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env = {
+        "MLFLOW_TRACKING_URI": store,
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         sys.exit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
@@ -46,8 +49,10 @@ def queue(seeds: list[int], prefix: str) -> list[str]:
     names = [f"{prefix}-{seed}" for seed in seeds]
     taken = set(run("dvc", "exp", "list", "--name-only").stdout.split()) & set(names)
     if taken:
-        sys.exit(f"experiments {sorted(taken)} exist already: remove them (`dvc exp remove "
-                 f"{' '.join(sorted(taken))}`) or choose another --prefix.")  # fmt: skip
+        sys.exit(
+            f"experiments {sorted(taken)} exist already: remove them (`dvc exp remove "
+            f"{' '.join(sorted(taken))}`) or choose another --prefix."
+        )
     for seed, name in zip(seeds, names, strict=True):
         run("dvc", "exp", "run", "--queue", "-S", f"seed={seed}", "--name", name)
     return names
@@ -62,8 +67,12 @@ def states(names: list[str]) -> dict[str, str]:
 
 def wait(names: list[str], poll: float) -> dict[str, str]:
     """Poll until every experiment finished, with a progress bar of finished ones."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("experiments", total=len(names))
         while True:
@@ -100,8 +109,10 @@ def main() -> None:
         sys.exit("no experiment finished: no report")
     report = run("mml", "report", "-q", "--out", args.out, *(f"--exp={n}" for n in done))
     print(report.stdout.strip())
-    print(f"report: {Path(args.out) / 'summary.md'} ({len(done)} of {len(names)} seeds); "
-          f"wall time {time.time() - started:.0f} s")  # fmt: skip
+    print(
+        f"report: {Path(args.out) / 'summary.md'} ({len(done)} of {len(names)} seeds); "
+        f"wall time {time.time() - started:.0f} s"
+    )
     sys.exit(0 if len(done) == len(names) else 1)
 
 

@@ -340,8 +340,10 @@ def report(
         rows = sum(len(s["rows"]) for s in data["sections"])
         verdicts = [c["verdict"] for c in data["comparisons"]]
         counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
-        typer.echo(f"wrote {out / 'summary.md'} ({len(runs)} runs, {rows} models, "
-                   f"{len(data['ensembles'])} ensembles; orderings: {counts})")  # fmt: skip
+        typer.echo(
+            f"wrote {out / 'summary.md'} ({len(runs)} runs, {rows} models, "
+            f"{len(data['ensembles'])} ensembles; orderings: {counts})"
+        )
 
     _run(action)
 

@@ -112,13 +112,17 @@ def align(pairs: list[tuple[Member, Member]]) -> tuple[np.ndarray, np.ndarray, M
     for m, r in zip(members, rows, strict=True):
         differ = np.flatnonzero((m.targets[r] != targets).reshape(len(ids), -1).any(axis=1))
         if differ.size:
-            raise ConfigError(f"{m.ref} and {members[0].ref} disagree on the labels of video "
-                              f"{ids[differ[0]]}: are they runs of the same dataset?")  # fmt: skip
+            raise ConfigError(
+                f"{m.ref} and {members[0].ref} disagree on the labels of video "
+                f"{ids[differ[0]]}: are they runs of the same dataset?"
+            )
     if targets.ndim == 2:
         values, metric = [m.scores[r] for m, r in zip(members, rows, strict=True)], mean_ap(targets)
     else:
-        values = [(m.scores[r].argmax(axis=1) == targets).astype(float)
-                  for m, r in zip(members, rows, strict=True)]  # fmt: skip
+        values = [
+            (m.scores[r].argmax(axis=1) == targets).astype(float)
+            for m, r in zip(members, rows, strict=True)
+        ]
         metric = accuracy
     return np.stack(values[0::2]), np.stack(values[1::2]), metric
 
@@ -128,11 +132,21 @@ def _rows(member: Member, ids: list[str]) -> np.ndarray:
     return np.array([position[video] for video in ids], dtype=np.int64)
 
 
-def compare(c: Comparison, runs: list[Run], candidates: Sequence[str] = (), *,
-            n_boot: int = BOOTSTRAP_SAMPLES) -> dict:  # fmt: skip
+def compare(
+    c: Comparison,
+    runs: list[Run],
+    candidates: Sequence[str] = (),
+    *,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+) -> dict:
     """One row of the orderings table: values, paired difference, 95% CI and verdict."""
-    row: dict = {"name": c.name, "table": c.table, "a": describe(c.a), "b": describe(c.b),
-                 "kind": c.kind}  # fmt: skip
+    row: dict = {
+        "name": c.name,
+        "table": c.table,
+        "a": describe(c.a),
+        "b": describe(c.b),
+        "kind": c.kind,
+    }
     pairs, used = [], []
     # A single model is compared with ensembles of *other* models: never a pair holding A itself
     others = [ref for ref in candidates if ref not in refs(c.a)]
@@ -148,13 +162,21 @@ def compare(c: Comparison, runs: list[Run], candidates: Sequence[str] = (), *,
             missing = [BEST_PAIR]
         return {**row, "verdict": "not run", "missing": missing}
     a, b, metric = align(pairs)
-    ci = paired_bootstrap(a, b, rng=np.random.default_rng(BOOTSTRAP_SEED), n_boot=n_boot,
-                          metric=metric)  # fmt: skip
+    ci = paired_bootstrap(
+        a, b, rng=np.random.default_rng(BOOTSTRAP_SEED), n_boot=n_boot, metric=metric
+    )
     every = np.arange(ci.videos)
-    row |= {"metric": "mAP" if a.ndim == 3 else "top1",
-            "a_value": float(metric(a, every).mean()), "b_value": float(metric(b, every).mean()),
-            "diff": ci.diff, "low": ci.low, "high": ci.high, "runs": [r.name for r in used],
-            "videos": ci.videos, "verdict": verdict(ci, margin=MARGINS[c.kind])}  # fmt: skip
+    row |= {
+        "metric": "mAP" if a.ndim == 3 else "top1",
+        "a_value": float(metric(a, every).mean()),
+        "b_value": float(metric(b, every).mean()),
+        "diff": ci.diff,
+        "low": ci.low,
+        "high": ci.high,
+        "runs": [r.name for r in used],
+        "videos": ci.videos,
+        "verdict": verdict(ci, margin=MARGINS[c.kind]),
+    }
     for side, model in (("a", c.a), ("b", c.b)):
         if model == BEST_PAIR:
             row[f"{side}_chosen"] = [pair[side == "b"].ref for pair in pairs]

@@ -38,8 +38,13 @@ def dataset_facts(params: Params, runs: list[Run]) -> dict:
             m = run.member(ref)
             metric = "mAP" if m.targets.ndim == 2 else "top1"
             return {"metric": metric, "classes": len(m.classes), "videos": len(m.ids)}
-    entries = [e for run in runs for stage in params.stages
-               for e in run.metrics_file(stage).values() if isinstance(e, dict)]  # fmt: skip
+    entries = [
+        e
+        for run in runs
+        for stage in params.stages
+        for e in run.metrics_file(stage).values()
+        if isinstance(e, dict)
+    ]
     metric = "mAP" if any("mAP" in e for e in entries) else "top1"
     return {"metric": metric, "classes": None, "videos": None}
 
@@ -60,10 +65,16 @@ def model_row(
         return None
     spec = cfg.models[k]
     peers = [m.modality for j, m in enumerate(cfg.models) if j != k]
-    row = {"stage": stage, "model": f"{stage}.{k}", "method": cfg.method,
-           "modality": spec.modality, "init": spec.init,
-           "peers": ",".join(peers) if cfg.method in ("ml", "mml") else "",
-           "teacher": cfg.teacher or "", "runs": len(entries)}  # fmt: skip
+    row = {
+        "stage": stage,
+        "model": f"{stage}.{k}",
+        "method": cfg.method,
+        "modality": spec.modality,
+        "init": spec.init,
+        "peers": ",".join(peers) if cfg.method in ("ml", "mml") else "",
+        "teacher": cfg.teacher or "",
+        "runs": len(entries),
+    }
     for key in keys:
         values = np.array([e[key] for e in entries if key in e], dtype=float)
         if len(values):
@@ -79,15 +90,24 @@ def collect(params: Params, runs: list[Run]) -> dict:
     keys = metric_keys(facts)
     sections = []
     for title, methods in SECTIONS:
-        rows = [model_row(stage, k, cfg, runs, keys) for stage, cfg in params.stages.items()
-                if cfg.method in methods for k in range(len(cfg.models))]  # fmt: skip
+        rows = [
+            model_row(stage, k, cfg, runs, keys)
+            for stage, cfg in params.stages.items()
+            if cfg.method in methods
+            for k in range(len(cfg.models))
+        ]
         sections.append({"title": title, "rows": [r for r in rows if r is not None]})
     candidates = list(params.ensemble.candidates)
     comparisons = [_rounded(compare(c, runs, candidates)) for c in COMPARISONS]
     ensembles = next((e for run in runs if (e := run.metrics_file("ensembles"))), {})
-    return {"runs": [{"name": r.name, "seed": r.seed} for r in runs], **facts, "keys": keys,
-            "comparisons": comparisons, "sections": sections,
-            "ensembles": ensembles.get("ensembles", [])[:10]}  # fmt: skip
+    return {
+        "runs": [{"name": r.name, "seed": r.seed} for r in runs],
+        **facts,
+        "keys": keys,
+        "comparisons": comparisons,
+        "sections": sections,
+        "ensembles": ensembles.get("ensembles", [])[:10],
+    }
 
 
 def _rounded(row: dict) -> dict:
@@ -111,31 +131,46 @@ def _cell(row: dict, key: str) -> str:
 
 
 def header(data: dict, dataset: str) -> list[str]:
-    runs = ", ".join(f"{r['name']} (seed {r['seed'] if r['seed'] is not None else '?'})"
-                     for r in data["runs"])  # fmt: skip
-    lines = [f"# mml summary: {dataset}", "",
-             f"Written by `mml report`. {len(data['runs'])} run(s): {runs}.", ""]  # fmt: skip
+    runs = ", ".join(
+        f"{r['name']} (seed {r['seed'] if r['seed'] is not None else '?'})" for r in data["runs"]
+    )
+    lines = [
+        f"# mml summary: {dataset}",
+        "",
+        f"Written by `mml report`. {len(data['runs'])} run(s): {runs}.",
+        "",
+    ]
     seeds = [r["seed"] for r in data["runs"] if r["seed"] is not None]
     shared = sorted({s for s in seeds if seeds.count(s) > 1})
     if shared:
-        lines += [f"Some runs share a seed ({', '.join(map(str, shared))}): they may repeat "
-                  "one another rather than vary.", ""]  # fmt: skip
+        lines += [
+            f"Some runs share a seed ({', '.join(map(str, shared))}): they may repeat "
+            "one another rather than vary.",
+            "",
+        ]
     if data["videos"]:
-        lines += [f"Validation split, multi-view test: {data['videos']} videos, "
-                  f"{data['classes']} classes; one video = {100 / data['videos']:.2f} points.",
-                  ""]  # fmt: skip
+        lines += [
+            f"Validation split, multi-view test: {data['videos']} videos, "
+            f"{data['classes']} classes; one video = {100 / data['videos']:.2f} points.",
+            "",
+        ]
     return lines
 
 
 def orderings_markdown(data: dict) -> list[str]:
     metric = data["metric"]
-    lines = ["## The paper's orderings", "",
-             f"A − B is the paired difference in {metric} points on the same validation videos "
-             "(mean over runs); the interval is the 95% bootstrap over runs and videos. "
-             "*holds*: the interval is above 0 (for \"within 2 points\": above −2); "
-             "*does not hold*: below it; else *inconclusive*.", "",
-             f"| ordering | paper | A | control B | A {metric} | B {metric} | "
-             "A − B [95% CI] | runs | verdict |", "|---" * 9 + "|"]  # fmt: skip
+    lines = [
+        "## The paper's orderings",
+        "",
+        f"A − B is the paired difference in {metric} points on the same validation videos "
+        "(mean over runs); the interval is the 95% bootstrap over runs and videos. "
+        '*holds*: the interval is above 0 (for "within 2 points": above −2); '
+        "*does not hold*: below it; else *inconclusive*.",
+        "",
+        f"| ordering | paper | A | control B | A {metric} | B {metric} | "
+        "A − B [95% CI] | runs | verdict |",
+        "|---" * 9 + "|",
+    ]
     chosen = []
     for r in data["comparisons"]:
         a, b = (m if m == BEST_PAIR else f"`{m}`" for m in (r["a"], r["b"]))
@@ -144,15 +179,28 @@ def orderings_markdown(data: dict) -> list[str]:
             why = f"no {missing}" if missing else "its models are never in one run"
             cells = [r["name"], r["table"], a, b, "–", "–", "–", "–", f"not run ({why})"]
         else:
-            cells = [r["name"], r["table"], a, b, f"{r['a_value']:.1f}", f"{r['b_value']:.1f}",
-                     difference_cell(r), str(len(r["runs"])), f"**{r['verdict']}**"]  # fmt: skip
+            cells = [
+                r["name"],
+                r["table"],
+                a,
+                b,
+                f"{r['a_value']:.1f}",
+                f"{r['b_value']:.1f}",
+                difference_cell(r),
+                str(len(r["runs"])),
+                f"**{r['verdict']}**",
+            ]
             for side in ("a_chosen", "b_chosen"):
                 picks = zip(r["runs"], r.get(side, []), strict=False)  # absent: no best pair
                 chosen += [f"{run}: `{pair}`" for run, pair in picks]
         lines.append("| " + " | ".join(cells) + " |")
     if chosen:
-        lines += ["", f"The {BEST_PAIR}, per run (chosen on the validation videos): "
-                  + "; ".join(chosen) + "."]  # fmt: skip
+        lines += [
+            "",
+            f"The {BEST_PAIR}, per run (chosen on the validation videos): "
+            + "; ".join(chosen)
+            + ".",
+        ]
     return lines + [""]
 
 
@@ -161,19 +209,33 @@ def tables_markdown(data: dict) -> list[str]:
     lines = ["Per-model tables: ± is the standard deviation over runs."]
     if data["metric"] == "top1" and "top5" not in keys:
         chance = 500 / data["classes"]
-        lines.append(f"Top-5 is not shown: with {data['classes']} classes (< {TOP5_MIN_CLASSES}) "
-                     f"a random guess is in the top 5 {chance:.0f}% of the time.")  # fmt: skip
+        lines.append(
+            f"Top-5 is not shown: with {data['classes']} classes (< {TOP5_MIN_CLASSES}) "
+            f"a random guess is in the top 5 {chance:.0f}% of the time."
+        )
     lines.append("")
     for section in data["sections"]:
         if not section["rows"]:
             continue
-        lines += [f"## {section['title']}", "",
-                  "| model | method | modality | init | peers / teacher | " + " | ".join(keys)
-                  + " | runs |", "|---" * (6 + len(keys)) + "|"]  # fmt: skip
+        lines += [
+            f"## {section['title']}",
+            "",
+            "| model | method | modality | init | peers / teacher | "
+            + " | ".join(keys)
+            + " | runs |",
+            "|---" * (6 + len(keys)) + "|",
+        ]
         for r in section["rows"]:
             partner = r["peers"] or r["teacher"] or "–"
-            cells = [f"`{r['model']}`", r["method"], r["modality"], f"`{r['init']}`", partner,
-                     *(_cell(r, k) for k in keys), str(r["runs"])]  # fmt: skip
+            cells = [
+                f"`{r['model']}`",
+                r["method"],
+                r["modality"],
+                f"`{r['init']}`",
+                partner,
+                *(_cell(r, k) for k in keys),
+                str(r["runs"]),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -183,19 +245,29 @@ def ensembles_markdown(data: dict) -> list[str]:
     keys = data["keys"]
     if not data["ensembles"]:
         return []
-    lines = ["## Ensembles: probability averaging (paper App. 3), first run", "",
-             "| members | modalities | " + " | ".join(keys) + " |",
-             "|---|---|" + "---|" * len(keys)]  # fmt: skip
+    lines = [
+        "## Ensembles: probability averaging (paper App. 3), first run",
+        "",
+        "| members | modalities | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
     for e in data["ensembles"]:
-        cells = [" + ".join(f"`{m}`" for m in e["members"]), ",".join(e["modalities"]),
-                 *(f"{e[k]:.1f}" for k in keys)]  # fmt: skip
+        cells = [
+            " + ".join(f"`{m}`" for m in e["members"]),
+            ",".join(e["modalities"]),
+            *(f"{e[k]:.1f}" for k in keys),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
 def to_markdown(data: dict, dataset: str) -> str:
-    return "\n".join(header(data, dataset) + orderings_markdown(data) + tables_markdown(data)
-                     + ensembles_markdown(data))  # fmt: skip
+    return "\n".join(
+        header(data, dataset)
+        + orderings_markdown(data)
+        + tables_markdown(data)
+        + ensembles_markdown(data)
+    )
 
 
 def plot_comparisons(rows: list[dict], path: Path) -> None:
@@ -211,8 +283,14 @@ def plot_comparisons(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(ran) + 1.6))
     for y, r in enumerate(ran):
         color = VERDICT_COLORS[r["verdict"]]
-        ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]],
-                    fmt="o", color=color, capsize=3)  # fmt: skip
+        ax.errorbar(
+            r["diff"],
+            y,
+            xerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]],
+            fmt="o",
+            color=color,
+            capsize=3,
+        )
         ax.vlines(MARGINS[r["kind"]], y - 0.4, y + 0.4, colors="black", linestyles="--")
     ax.set_yticks(range(len(ran)), [f"{r['name']} ({r['table']})" for r in ran], fontsize=7)
     if not ran:

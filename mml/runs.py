@@ -121,8 +121,11 @@ def experiment_run(params: Params, name: str) -> Run:
 
 def all_experiments() -> list[str]:
     """The names of the finished DVC experiments based on HEAD (`dvc exp show`), oldest first."""
-    done = [r for r in exp_show(_repo_root())
-            if r.get("Experiment") and r.get("State") in (None, "Success")]  # fmt: skip
+    done = [
+        r
+        for r in exp_show(_repo_root())
+        if r.get("Experiment") and r.get("State") in (None, "Success")
+    ]
     return [r["Experiment"] for r in reversed(done)]
 
 

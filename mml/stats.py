@@ -65,8 +65,9 @@ def paired_bootstrap(
     0/1 correctness for `accuracy`, (runs, videos, classes) of scores for `mean_ap(targets)`.
     """
     if a.shape != b.shape or a.ndim < 2 or a.shape[1] == 0:
-        raise ValueError(f"a and b must be (runs, videos, ...) of one shape, got {a.shape}, "
-                         f"{b.shape}")  # fmt: skip
+        raise ValueError(
+            f"a and b must be (runs, videos, ...) of one shape, got {a.shape}, {b.shape}"
+        )
     runs, videos = a.shape[:2]
     every = np.arange(videos)
     diff = float(np.mean(metric(a, every) - metric(b, every)))

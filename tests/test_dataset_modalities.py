@@ -60,9 +60,13 @@ def test_modalities_see_the_same_moments_with_stacked_channels(tmp_path):
 def rgb_training_frames(tmp_path, frames: int, modalities: tuple[str, ...]) -> list[list[int]]:
     """The RGB frames (decoded from the real video) of 60 epochs of training clips."""
     ann, caches = make_video(tmp_path / "-".join(modalities), frames=frames)
-    ds = VideoClips(ann, ClipConfig(segments=4, scale_size=32, crop_size=32, max_distort=0,
-                                    scales=(1.0,)),
-                    train=True, modalities=modalities, caches=caches)  # fmt: skip
+    ds = VideoClips(
+        ann,
+        ClipConfig(segments=4, scale_size=32, crop_size=32, max_distort=0, scales=(1.0,)),
+        train=True,
+        modalities=modalities,
+        caches=caches,
+    )
     seen = []
     for epoch in range(60):
         ds.set_epoch(epoch)
@@ -82,8 +86,14 @@ def test_rgb_training_clips_do_not_depend_on_peers_and_match_test_positions(tmp_
         assert counts[:2].sum() == 0 and counts[frames - 3 :].sum() == 0  # windows' centres
         assert all(np.diff(clip).min() >= 0 for clip in alone)  # in order, never wrapped
         ann, caches = make_video(tmp_path / str(frames) / "test", frames=frames)
-        test = VideoClips(ann, clip_config(4), train=False, views=ViewPlan(1, 2),
-                          modalities=("rgb", "flow"), caches=caches)[0]  # fmt: skip
+        test = VideoClips(
+            ann,
+            clip_config(4),
+            train=False,
+            views=ViewPlan(1, 2),
+            modalities=("rgb", "flow"),
+            caches=caches,
+        )[0]
         tested = {i for view in test["rgb"] for i in rgb_indices(view)}
         assert tested <= set(range(2, frames - 3))  # the same positions as in training
 

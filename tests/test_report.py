@@ -59,8 +59,14 @@ def write_predictions(root: Path, ref: str, modality: str, right, reverse: bool 
     stage, k = ref.split(".")
     path = root / "predictions" / stage / f"{k}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, scores=scores[order], targets=TARGETS[order], ids=np.array(IDS)[order],
-             classes=np.array(CLASSES), modality=np.array(modality))  # fmt: skip
+    np.savez(
+        path,
+        scores=scores[order],
+        targets=TARGETS[order],
+        ids=np.array(IDS)[order],
+        classes=np.array(CLASSES),
+        modality=np.array(modality),
+    )
 
 
 @pytest.fixture
@@ -92,8 +98,10 @@ def test_orderings_table_with_paired_cis_over_two_runs(two_runs):
     assert "60 videos, 6 classes; one video = 1.67 points." in md
     rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
     win = rows["Flow: from RGB > from scratch"]
-    assert win.startswith("| Flow: from RGB > from scratch | Tab. 1 | `flow_ce_rgb.0` | "
-                          "`flow_ce_scratch.0` | 83.3 | 33.3 | +50.0 [+")  # fmt: skip
+    assert win.startswith(
+        "| Flow: from RGB > from scratch | Tab. 1 | `flow_ce_rgb.0` | "
+        "`flow_ce_scratch.0` | 83.3 | 33.3 | +50.0 [+"
+    )
     assert win.endswith("| 2 | **holds** |")
     tie = rows["Diff: from RGB > from scratch"]
     assert "| 50.0 | 50.0 | +0.0 [+0.0, +0.0] | 2 | **inconclusive** |" in tie
@@ -120,8 +128,10 @@ def test_best_pair_ensemble_is_chosen_per_run(two_runs):
     assert row["b_chosen"] == ["flow_ce_rgb.0+rgb_ml.0"] * 2 and row["verdict"] == "holds"
     assert row["a_value"] == 100.0 and row["b_value"] < 100.0
     md = (workspace / "reports/summary.md").read_text()
-    assert (f"The best pair ensemble, per run (chosen on the validation videos): workspace: "
-            f"`flow_ce_rgb.0+rgb_ml.0`; {other}: `flow_ce_rgb.0+rgb_ml.0`.") in md  # fmt: skip
+    assert (
+        f"The best pair ensemble, per run (chosen on the validation videos): workspace: "
+        f"`flow_ce_rgb.0+rgb_ml.0`; {other}: `flow_ce_rgb.0+rgb_ml.0`."
+    ) in md
 
 
 def test_top5_is_dropped_below_20_classes_and_tables_come_from_predictions(two_runs):
@@ -189,10 +199,15 @@ def test_tables_from_metrics_directories_average_over_runs(workspace, tmp_path):
     params["stages"] = {
         "rgb_ce": {"method": "ce", "models": [{"modality": "rgb"}]},
         "flow_rgb": {"method": "ce", "models": [{"modality": "flow", "init": "rgb_ce.0"}]},
-        "duo": {"method": "mml", "models": [{"modality": "rgb", "init": "rgb_ce.0"},
-                                             {"modality": "flow", "init": "rgb_ce.0"}]},
+        "duo": {
+            "method": "mml",
+            "models": [
+                {"modality": "rgb", "init": "rgb_ce.0"},
+                {"modality": "flow", "init": "rgb_ce.0"},
+            ],
+        },
         "d3d": {"method": "d3d", "teacher": "flow_rgb.0", "models": [{"init": "rgb_ce.0"}]},
-    }  # fmt: skip
+    }
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     seed1 = tmp_path / "seed1"  # a bare metrics directory: tables only
     for root, shift in ((workspace / "metrics", 0.0), (seed1, 10.0)):
@@ -202,8 +217,10 @@ def test_tables_from_metrics_directories_average_over_runs(workspace, tmp_path):
             "flow_rgb": [("flow", "rgb_ce.0", 50.0)],
             "duo": [("rgb", "rgb_ce.0", 70.0), ("flow", "rgb_ce.0", 65.0)],
         }.items():
-            data = {str(k): {"modality": m, "init": i, "top1": t + shift, "top5": 99.0}
-                    for k, (m, i, t) in enumerate(entries)}  # fmt: skip
+            data = {
+                str(k): {"modality": m, "init": i, "top1": t + shift, "top5": 99.0}
+                for k, (m, i, t) in enumerate(entries)
+            }
             (root / f"{stage}.json").write_text(json.dumps(data))
     out = mml("report", "--also", str(seed1))
     assert "3 models" not in out and "4 models" in out  # d3d has no metrics yet: no row
@@ -225,9 +242,14 @@ def test_multilabel_models_are_compared_by_map(workspace):
     scores = {"good": 0.7 * targets + 0.3 * rng.random((40, 4)), "bad": rng.random((40, 4))}
     for stage, s in scores.items():
         (workspace / "predictions" / stage).mkdir(parents=True)
-        np.savez(workspace / "predictions" / stage / "0.npz", scores=s, targets=targets,
-                 ids=np.array([f"v{i}" for i in range(40)]), classes=np.array(list("abcd")),
-                 modality=np.array("rgb"))  # fmt: skip
+        np.savez(
+            workspace / "predictions" / stage / "0.npz",
+            scores=s,
+            targets=targets,
+            ids=np.array([f"v{i}" for i in range(40)]),
+            classes=np.array(list("abcd")),
+            modality=np.array("rgb"),
+        )
     run = workspace_run(load_params("params.yaml"), Path("."))
     row = compare(Comparison("good > bad", "test", "good.0", "bad.0"), [run], n_boot=200)
     good, bad = (mean_average_precision(scores[k], targets) for k in ("good", "bad"))

@@ -31,16 +31,22 @@ for stage, right in (("flow_ce_rgb", 40 + 3 * seed), ("flow_ce_scratch", 20)):
              classes=np.array([f"c{i}" for i in range(6)]), modality=np.array("flow"))
 """
 
-EVALUATE = {"cmd": "python fake_evaluate.py", "params": ["seed"], "deps": ["fake_evaluate.py"],
-            "outs": ["predictions"]}  # fmt: skip
+EVALUATE = {
+    "cmd": "python fake_evaluate.py",
+    "params": ["seed"],
+    "deps": ["fake_evaluate.py"],
+    "outs": ["predictions"],
+}
 
 
 @pytest.fixture
 def scratch(tmp_path) -> Path:
     repo = tmp_path / "study"
     repo.mkdir()
-    stages = {s: {"method": "ce", "models": [{"modality": "flow"}]}
-              for s in ("flow_ce_rgb", "flow_ce_scratch")}  # fmt: skip
+    stages = {
+        s: {"method": "ce", "models": [{"modality": "flow"}]}
+        for s in ("flow_ce_rgb", "flow_ce_scratch")
+    }
     params = {"seed": 0, "dataset": {"name": "tiny"}, "stages": stages}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": EVALUATE}}))
@@ -57,8 +63,9 @@ def scratch(tmp_path) -> Path:
 @pytest.mark.slow
 def test_seed_study_queues_runs_and_reports_over_the_seeds(scratch):
     script = str(REPO / "benchmarks" / "seed_study.py")
-    result = run(sys.executable, script, "--seeds", "1", "2", "3", "--poll", "1", cwd=scratch,
-                 check=False)  # fmt: skip
+    result = run(
+        sys.executable, script, "--seeds", "1", "2", "3", "--poll", "1", cwd=scratch, check=False
+    )
     assert result.returncode == 1, result.stdout + result.stderr  # seed 3 failed
     assert "seed-3 failed" in result.stderr and "seed 3 fails on purpose" in result.stderr
     assert "report: reports/summary.md (2 of 3 seeds)" in result.stdout

@@ -95,8 +95,9 @@ def test_multilabel_difference_is_the_map_difference():
     targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1]])
     perfect = targets + 0.1 * np.arange(6)[:, None] / 6  # ranks every positive first
     noisy = np.random.default_rng(3).random((6, 2))
-    ci = paired_bootstrap(perfect[None], noisy[None], rng=rng(), n_boot=200,
-                          metric=mean_ap(targets))  # fmt: skip
+    ci = paired_bootstrap(
+        perfect[None], noisy[None], rng=rng(), n_boot=200, metric=mean_ap(targets)
+    )
     expected = mean_average_precision(perfect, targets) - mean_average_precision(noisy, targets)
     assert ci.diff == pytest.approx(expected)
     assert ci.low <= ci.diff <= ci.high and ci.high <= 100
