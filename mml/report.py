@@ -17,6 +17,7 @@ import numpy as np
 
 from mml.comparisons import BEST_PAIR, COMPARISONS, MARGINS, compare
 from mml.config import Params, StageConfig
+from mml.evaluate import per_class_accuracy
 from mml.fsio import atomic_write, atomic_write_text
 from mml.runs import Run, collect_runs
 
@@ -84,8 +85,43 @@ def model_row(
     return row
 
 
+def per_class_rows(params: Params, runs: list[Run]) -> list[dict]:
+    """Per-class top-1 of every single-modality CE model from scratch (one per modality and
+    stage: what each modality learns alone), mean over the runs that have its predictions.
+    Single-label data only."""
+    rows = []
+    for stage, cfg in params.stages.items():
+        if cfg.method != "ce":
+            continue
+        for k, spec in enumerate(cfg.models):
+            if spec.init != "scratch":
+                continue
+            members = [m for run in runs if (m := run.member(f"{stage}.{k}")) is not None]
+            if not members or members[0].targets.ndim != 1:
+                continue
+            classes = members[0].classes
+            accs = np.array(
+                [per_class_accuracy(m.scores, m.targets, len(classes)) for m in members]
+            )
+            seen = ~np.isnan(accs)
+            mean = np.where(seen, accs, 0).sum(0) / np.maximum(seen.sum(0), 1)
+            values = [
+                round(float(v), 1) if n else None for v, n in zip(mean, seen.sum(0), strict=True)
+            ]
+            rows.append(
+                {
+                    "model": f"{stage}.{k}",
+                    "modality": spec.modality,
+                    "runs": len(members),
+                    "per_class": dict(zip(classes, values, strict=True)),
+                }
+            )
+    return rows
+
+
 def collect(params: Params, runs: list[Run]) -> dict:
-    """Everything summary.json holds: runs, dataset facts, orderings, tables, ensembles."""
+    """Everything summary.json holds: runs, dataset facts, orderings, tables, per-class
+    accuracy of each modality, ensembles."""
     facts = dataset_facts(params, runs)
     keys = metric_keys(facts)
     sections = []
@@ -106,6 +142,7 @@ def collect(params: Params, runs: list[Run]) -> dict:
         "keys": keys,
         "comparisons": comparisons,
         "sections": sections,
+        "per_class": per_class_rows(params, runs),
         "ensembles": ensembles.get("ensembles", [])[:10],
     }
 
@@ -241,6 +278,29 @@ def tables_markdown(data: dict) -> list[str]:
     return lines
 
 
+def per_class_markdown(data: dict) -> list[str]:
+    rows = data.get("per_class") or []
+    if not rows:
+        return []
+    classes = list(rows[0]["per_class"])
+    lines = [
+        "## Per-class top-1 of each modality alone (CE from scratch), mean over runs",
+        "",
+        "| model | modality | " + " | ".join(classes) + " | runs |",
+        "|---|---|" + "---|" * (len(classes) + 1),
+    ]
+    for r in rows:
+        cells = [_percent(r["per_class"].get(c)) for c in classes]
+        lines.append(
+            f"| `{r['model']}` | {r['modality']} | " + " | ".join(cells) + f" | {r['runs']} |"
+        )
+    return lines + [""]
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def ensembles_markdown(data: dict) -> list[str]:
     keys = data["keys"]
     if not data["ensembles"]:
@@ -266,6 +326,7 @@ def to_markdown(data: dict, dataset: str) -> str:
         header(data, dataset)
         + orderings_markdown(data)
         + tables_markdown(data)
+        + per_class_markdown(data)
         + ensembles_markdown(data)
     )
 
@@ -319,8 +380,13 @@ def write_report(params: Params, out_dir: Path, runs: list[Run] | None = None) -
     from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
-    tags = {"stage": "report", "method": "report", "dataset": params.dataset.name,
-            "git_commit": tracking.git_commit(), "mml.role": "report"}  # fmt: skip
+    tags = {
+        "stage": "report",
+        "method": "report",
+        "dataset": params.dataset.name,
+        "git_commit": tracking.git_commit(),
+        "mml.role": "report",
+    }
     run_id = client.create_run(experiment_id, run_name="report", tags=tags).info.run_id
     tracking.log_artifacts(client, run_id, [md, js, png], "report")
     tracking.end_run(client, run_id)

@@ -255,3 +255,23 @@ def test_multilabel_models_are_compared_by_map(workspace):
     good, bad = (mean_average_precision(scores[k], targets) for k in ("good", "bad"))
     assert row["metric"] == "mAP" and row["a_value"] == pytest.approx(good) == 100.0
     assert row["diff"] == pytest.approx(good - bad) and row["verdict"] == "holds"
+
+
+def test_per_class_accuracy_of_each_modality_alone(two_runs):
+    workspace, other = two_runs
+    mml("report", "--also", str(other))
+    data = json.loads((workspace / "reports/summary.json").read_text())
+    rows = {r["model"]: r for r in data["per_class"]}
+    # only CE from scratch: what each modality learns alone; from-RGB and ML models are not here
+    assert set(rows) == {"flow_ce_scratch.0", "diff_ce_scratch.0"}
+    # flow from scratch: videos 0-19 right in run 1, 40-59 in run 2; class c of 10 videos each
+    flow = rows["flow_ce_scratch.0"]
+    assert flow["runs"] == 2 and flow["modality"] == "flow"
+    expected = [
+        100 * (sum(v < 20 for v in range(c, 60, 6)) + sum(v >= 40 for v in range(c, 60, 6))) / 20
+        for c in range(6)
+    ]
+    assert list(flow["per_class"].values()) == pytest.approx(expected)
+    md = (workspace / "reports/summary.md").read_text()
+    assert "## Per-class top-1 of each modality alone (CE from scratch)" in md
+    assert "| `flow_ce_scratch.0` | flow | " + " | ".join(f"{e:.0f}" for e in expected) in md

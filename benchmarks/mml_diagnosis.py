@@ -1,0 +1,173 @@
+"""Why an MML RGB model wins or loses against its CE control: one variable at a time (issue 13).
+
+Run after the default pipeline (`make run`), from the repository root:
+
+    .venv/bin/python benchmarks/mml_diagnosis.py [--variants kl0 kl1 warm ...] [--tune-trials 8]
+
+Each variant is the `mml_rfd` stage (RGB + Flow + Diff, all from `rgb_ce.0`) with one thing
+changed, trained and evaluated as a stage of its own (`diag_<variant>`); its RGB model is
+compared, video by video, with a CE control of the same init, epochs and schedule. Everything
+it writes is under `diagnosis/` (params, checkpoints, metrics, predictions, plots, Optuna
+journal; the pipeline's init checkpoints are linked there), so the pipeline's own outputs and
+`dvc status` are untouched; MLflow runs go to the workspace's store as usual. The table gives
+each paired difference with its 95% bootstrap interval over validation videos (one seed:
+videos only).
+`--tune-trials N` also runs `mml tune` over `stages.kl_weight` for the 6-epoch variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mml.stats import paired_bootstrap, verdict
+
+BIN = Path(sys.executable).parent
+MMLRFD = ("rgb", "flow", "diff")
+PATHS = ("checkpoints", "metrics", "predictions", "plots", "tuned", "registry", "optuna")
+
+
+def mml_stage(
+    *, kl: float = 1.0, form: str = "pairwise", epochs: int = 6, warmup: int = 0, warm: bool = False
+) -> dict:
+    """mml_rfd with one thing changed; `warm`: Flow from flow_ce_rgb.0, Diff from diff_ce_rgb.0
+    (trained peers, the paper's "Flow from Flow" of Tab. 3) instead of all from rgb_ce.0."""
+    inits = {
+        "rgb": "rgb_ce.0",
+        "flow": "flow_ce_rgb.0" if warm else "rgb_ce.0",
+        "diff": "diff_ce_rgb.0" if warm else "rgb_ce.0",
+    }
+    overrides = {"train.epochs": epochs, "train.warmup_epochs": warmup}
+    return {
+        "method": "mml",
+        "kl_weight": kl,
+        "kl_form": form,
+        "overrides": overrides,
+        "models": [{"modality": m, "init": inits[m]} for m in MMLRFD],
+    }
+
+
+def ce_control(*, epochs: int = 6, warmup: int = 0) -> dict:
+    overrides = {"train.epochs": epochs, "train.warmup_epochs": warmup}
+    return {
+        "method": "ce",
+        "models": [{"modality": "rgb", "init": "rgb_ce.0"}],
+        "overrides": overrides,
+    }
+
+
+# variant: (what it is, its stage, its CE control's stage name and definition)
+VARIANTS = {
+    "kl1": ("KL weight 1, cold peers (= mml_rfd)", mml_stage(), "ce6"),
+    "kl0": ("KL weight 0 (same loader, no KL)", mml_stage(kl=0.0), "ce6"),
+    "warm": ("KL 1, warm peers (Flow, Diff from their CE models)", mml_stage(warm=True), "ce6"),
+    "mean_logits": (
+        "KL 1, kl_form mean_logits (authors' code)",
+        mml_stage(form="mean_logits"),
+        "ce6",
+    ),
+    "e12": ("KL 1, 12 epochs", mml_stage(epochs=12), "ce12"),
+    "e12w": ("KL 1, 12 epochs, 1 warm-up epoch", mml_stage(epochs=12, warmup=1), "ce12w"),
+}
+CONTROLS = {
+    "ce6": ce_control(),
+    "ce12": ce_control(epochs=12),
+    "ce12w": ce_control(epochs=12, warmup=1),
+}
+
+
+def mml(*args: str, bin_dir: Path = BIN) -> None:
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(bin_dir / "mml"), *args], check=True, env=env)  # exits on failure
+
+
+def correct(stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, 0/1 top-1 correctness) of model 0 of `stage`, sorted by id."""
+    with np.load(Path("diagnosis/predictions") / stage / "0.npz") as npz:
+        order = np.argsort(npz["ids"])
+        right = npz["scores"].argmax(1) == npz["targets"]
+        return npz["ids"][order], right[order].astype(float)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--tune-trials", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--bin",
+        type=Path,
+        default=BIN,
+        help="the bin directory whose `mml` trains and evaluates (default: this venv's); "
+        "another checkout's venv measures that version of mml",
+    )
+    args = parser.parse_args()
+    params = yaml.safe_load(Path(args.params).read_text())
+    stages = {f"diag_{v}": copy.deepcopy(VARIANTS[v][1]) for v in args.variants}
+    controls = {VARIANTS[v][2] for v in args.variants}
+    stages |= {f"diag_{c}": CONTROLS[c] for c in sorted(controls)}
+    params["stages"] = {**params["stages"], **stages}
+    out = Path("diagnosis")
+    checkpoints = Path((params.get("paths") or {}).get("checkpoints", "checkpoints"))
+    params["paths"] = {key: str(out / key) for key in PATHS}
+    for init in ("rgb_ce", "flow_ce_rgb", "diff_ce_rgb"):  # every init a variant uses
+        link = out / "checkpoints" / init
+        if not (checkpoints / init).is_dir():
+            sys.exit(f"{checkpoints / init} is missing: run the pipeline first (`make run`)")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to((checkpoints / init).resolve(), target_is_directory=True)
+    diag = out / "params.yaml"
+    diag.write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.time()
+    for stage in stages:
+        mml("train", stage, "-p", str(diag), "-q", "--restart-if-changed", bin_dir=args.bin)
+        mml("evaluate", stage, "-p", str(diag), "-q", bin_dir=args.bin)
+    rng = np.random.default_rng(args.seed)
+    table = [
+        "| variant | RGB top-1 | control | control top-1 | paired diff [95% CI] | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in args.variants:
+        ids, a = correct(f"diag_{v}")
+        control = f"diag_{VARIANTS[v][2]}"
+        ids_b, b = correct(control)
+        assert (ids == ids_b).all(), "models were evaluated on different videos"
+        ci = paired_bootstrap(a[None], b[None], rng=rng)
+        table.append(
+            f"| {VARIANTS[v][0]} | {100 * a.mean():.1f} | `{control}` | {100 * b.mean():.1f} | "
+            f"{ci.diff:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] | {verdict(ci)} |"
+        )
+    (out / "table.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    if args.tune_trials:
+        space = "{stage.kl_weight: {low: 0.05, high: 4.0, log: true}}"
+        mml(
+            "tune",
+            "diag_kl1",
+            "-p",
+            str(diag),
+            "-q",
+            "--trials",
+            str(args.tune_trials),
+            "-S",
+            f"tune.space={space}",
+            "-S",
+            "tune.epochs=6",
+            bin_dir=args.bin,
+        )
+        print(Path("diagnosis/tuned/diag_kl1.yaml").read_text())
+    print(f"wall time {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
