@@ -132,3 +132,28 @@ def test_flip_negates_flow_x_only():
     assert torch.allclose(out[:, 0::2], torch.tensor(0.2)) and torch.allclose(
         out[:, 1::2], torch.tensor(0.8)
     )
+
+
+def test_the_loader_probes_each_video_once_before_forking_its_workers(tmp_path, monkeypatch):
+    from mml.config import LoaderConfig
+    from mml.data import video
+    from mml.data.dataset import make_loader
+
+    ann, caches = make_video(tmp_path, frames=12)
+    broken = tmp_path / "videos" / "broken.webm"
+    broken.write_bytes(b"not a video")
+    ann = Annotations(ann.classes, (*ann.records, VideoRecord("broken", broken, (0,))), False)
+    ds = VideoClips(ann, clip_config(2), train=True, modalities=("flow",), caches=caches)
+    video._probe_cached.cache_clear()
+    loader = LoaderConfig(batch_size=2, workers=1)
+    first = list(make_loader(ds, loader, shuffle=False, seed=0, epoch=0))
+    assert first[0].ids == ["v"] and first[0].skipped == ["broken"]
+    assert video._probe_cached.cache_info().currsize == 1  # probed here, in this process
+
+    def demux(path):  # from now on, demuxing a file fails
+        raise video.VideoDecodeError(path, "demuxed again")
+
+    monkeypatch.setattr(video, "_probe", demux)
+    for epoch in (1, 2):  # new workers each epoch, forked with the memo: no demuxing
+        batch = next(iter(make_loader(ds, loader, shuffle=False, seed=0, epoch=epoch)))
+        assert batch.ids == ["v"] and batch.skipped == ["broken"]

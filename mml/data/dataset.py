@@ -9,6 +9,7 @@ an epoch never stops on one bad file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from mml.config import ClipConfig, DatasetConfig, LoaderConfig
 from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
 from mml.data.cache import cache_path, open_cached
-from mml.data.video import VideoDecodeError, num_frames, read_frames
+from mml.data.video import PROBE_MEMO, VideoDecodeError, num_frames, read_frames
 from mml.distributed import ShardedBatches, epoch_generator, shard_indices
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,19 @@ class VideoClips(Dataset):
         self.views = views or sampling.ViewPlan(dense=0, uniform=1)
         self.modalities = tuple(modalities)
         self.epoch = 0
+        self._probed = False
+
+    def probe_videos(self) -> None:
+        """Read every video's frame count once, here, so that the loader workers forked from
+        this process each epoch find it memoised (`video.probe`) instead of demuxing every
+        video again; a broken video is left to its worker to report and skip. Skipped for
+        datasets larger than the memo, where the workers probe as they go."""
+        if self._probed or len(self.records) > PROBE_MEMO:
+            return
+        for record in self.records:
+            with contextlib.suppress(VideoDecodeError):
+                num_frames(record.path)
+        self._probed = True
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random stream of `epoch` (call before iterating a new epoch)."""
@@ -242,6 +256,8 @@ def make_loader(
     dataset.
     """
     dataset.set_epoch(epoch)
+    if loader.workers:
+        dataset.probe_videos()
     batch_size = batch_size or loader.batch_size
     common = dict(
         num_workers=loader.workers,

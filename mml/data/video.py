@@ -177,7 +177,10 @@ def probe(path: Path) -> VideoInfo:
     return _probe_cached(str(path.absolute()), stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=4096)
+PROBE_MEMO = 4096  # videos whose probe is memoised per process
+
+
+@functools.lru_cache(maxsize=PROBE_MEMO)
 def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
     return _probe(Path(path))
 
