@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 BIN = Path(sys.executable).parent  # dvc and mml of this venv, first on PATH (as the Makefile)
-DONE = {"Success", "Failed"}
+DONE = {"Success", "Failed", "Missing"}
 console = Console(stderr=True)
 
 
@@ -58,11 +58,25 @@ def queue(seeds: list[int], prefix: str) -> list[str]:
     return names
 
 
+def queued(names: list[str]) -> dict[str, str]:
+    """Status of each named task that `dvc queue status` still lists (Queued, Running, ...)."""
+    found = {}
+    for line in run("dvc", "queue", "status", check=False).stdout.splitlines():
+        tokens = line.split()
+        for name in set(tokens) & set(names):
+            found[name] = tokens[-1]
+    return found
+
+
 def states(names: list[str]) -> dict[str, str]:
-    """State of each named experiment of HEAD: Queued, Running, Success or Failed."""
+    """State of each named experiment of HEAD: Queued, Running, Success, Failed, or Missing
+    (neither an experiment nor a task any more, e.g. removed from the queue: nothing to wait for).
+    """
     rows = exp_show(".", force=True)
     found = {r["Experiment"]: r.get("State") or "Success" for r in rows if r.get("Experiment")}
-    return {name: found.get(name, "Queued") for name in names}
+    pending = [name for name in names if name not in found]
+    tasks = queued(pending) if pending else {}
+    return {name: found.get(name) or tasks.get(name, "Missing") for name in names}
 
 
 def wait(names: list[str], poll: float) -> dict[str, str]:
@@ -102,6 +116,9 @@ def main() -> None:
     final = wait(names, args.poll)
     for name in (n for n, s in final.items() if s != "Success"):
         log = run("dvc", "queue", "logs", name, check=False)
+        if final[name] == "Missing":
+            console.print(f"[red]{name} is gone[/red]: neither an experiment nor a queued task")
+            continue
         console.print(f"[red]{name} failed[/red]; the end of `dvc queue logs {name}`:")
         console.print("\n".join((log.stdout + log.stderr).splitlines()[-30:]), markup=False)
     done = [n for n, s in final.items() if s == "Success"]

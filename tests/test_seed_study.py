@@ -6,6 +6,7 @@ DVC repository, so that the queue -> experiments -> report path runs in seconds.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -81,3 +82,16 @@ def test_seed_study_queues_runs_and_reports_over_the_seeds(scratch):
     assert "2 runs" in shown
     again = json.loads((scratch / "again/summary.json").read_text())
     assert sorted(r["name"] for r in again["runs"]) == ["seed-1", "seed-2"]
+
+
+def test_an_experiment_that_is_neither_queued_nor_done_is_not_waited_for(scratch, monkeypatch):
+    """A task removed from the queue (`dvc queue remove`) must not make the study wait forever."""
+    spec = importlib.util.spec_from_file_location("seed_study", REPO / "benchmarks/seed_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    monkeypatch.chdir(scratch)
+    run("dvc", "exp", "run", "--queue", "-S", "seed=5", "--name", "seed-5", cwd=scratch)
+    assert study.states(["seed-5", "seed-6"]) == {"seed-5": "Queued", "seed-6": "Missing"}
+    run("dvc", "queue", "remove", "--queued", cwd=scratch)
+    assert study.states(["seed-5"]) == {"seed-5": "Missing"}
+    assert study.wait(["seed-5"], poll=0.1) == {"seed-5": "Missing"}
