@@ -158,6 +158,13 @@ class TrainConfig(Section):
     lr_decay: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
     clip_grad: float | None = Field(20.0, gt=0)
+    val_every: int = Field(
+        1, ge=1, description="validate after every N-th epoch, and always after the last"
+    )
+
+    def validates(self, epoch: int) -> bool:
+        """Whether training validates after `epoch` (0-based)."""
+        return (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs
 
 
 class EvalConfig(Section):
@@ -280,6 +287,12 @@ class ComputeConfig(Section):
         "float32", description="float64: slow; for exact comparisons (e.g. DDP vs 1 process)"
     )
     timeout_minutes: float = Field(30.0, gt=0, description="collective timeout (rank 0 logs)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads per process; None: this machine's CPUs shared among the nproc "
+        "processes, less the loader's workers (at least 1)",
+    )
 
 
 class TrackingConfig(Section):

@@ -159,7 +159,7 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     from mml import tracking
     from mml.data.dataset import VideoClips, load_split, stage_caches
     from mml.data.sampling import ViewPlan
-    from mml.distributed import pick_device
+    from mml.distributed import pick_device, set_threads
     from mml.models.factory import model_from_checkpoint
 
     cfg = params.stage(stage)
@@ -168,6 +168,7 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     plan = ViewPlan(dense=params.evaluate.dense_views, uniform=params.evaluate.uniform_views)
     paths = [params.paths.checkpoints / stage / f"{k}.pt" for k in range(len(cfg.models))]
     device = pick_device(params.compute.device)
+    set_threads(params.compute, params.loader.workers)
     loaded = [(model.to(device), meta) for model, meta in map(model_from_checkpoint, paths)]
     modalities = [meta["modality"] for _, meta in loaded]
     # Each model is tested alone on its modality, as it runs when deployed (mml predict); the

@@ -153,6 +153,7 @@ class Trainer:
         self.params = params.for_stage(stage)
         check_inits(stage, self.cfg)
         self.world = world or World(device=distributed.pick_device(self.params.compute.device))
+        distributed.set_threads(self.params.compute, self.params.loader.workers)
         self.dtype = getattr(torch, self.params.compute.precision)
         self.show_progress = show_progress and self.world.main
         # checkpoints (and curves) of this run; elsewhere than checkpoints/<stage> for tuning trials
@@ -284,14 +285,17 @@ class Trainer:
         Resumes from last.pt unless `restart`. A last.pt written with other params (or other
         init/teacher checkpoints) is an error, or with `restart_if_changed` (pipelines, where
         a changed input means "run again") a fresh start. `on_epoch(epoch, per-model metrics)`
-        runs after every epoch (tuning reports to Optuna there, and may stop the run by
+        runs after every validated epoch (tuning reports to Optuna there, and may stop the run by
         raising); `parent_run_id` nests the stage's MLflow run, which gets `run_tags`, `run_name`.
         """
         w = self.world
         client = self._open(restart, restart_if_changed, parent_run_id, run_tags, run_name)
         for epoch in range(self.start_epoch, self.params.train.epochs):
             train_stats, skipped = self.train_epoch(epoch)
-            val_stats, val_skipped = self.validate()
+            validated = self.params.train.validates(epoch)
+            val_stats, val_skipped = (
+                self.validate() if validated else ([{} for _ in self.members], 0)
+            )
             for m, tr, va in zip(self.members, train_stats, val_stats, strict=True):
                 row = {**tr, **va, "lr": self.lr_at(epoch), "data/skipped": skipped + val_skipped}
                 m.history.append(row)
@@ -304,7 +308,7 @@ class Trainer:
             if w.main:
                 self._save(epoch + 1)
                 self._write_curves()
-            if on_epoch is not None:
+            if on_epoch is not None and validated:
                 on_epoch(epoch, [m.history[-1] for m in self.members])
         if w.main:
             for m in self.members:

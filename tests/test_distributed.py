@@ -27,7 +27,8 @@ from conftest import tiny_params
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 
-from mml import checkpoint
+from mml import checkpoint, distributed
+from mml.config import ComputeConfig
 from mml.distributed import ShardedBatches, epoch_generator, shard_indices
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -182,3 +183,17 @@ def _epoch(path: Path) -> int:
         return checkpoint.load(path)["epoch"]
     except checkpoint.CheckpointError:  # not yet written
         return 0
+
+
+def test_torch_threads_leave_the_loader_workers_their_cores(monkeypatch):
+    monkeypatch.setattr(distributed, "usable_cpus", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        assert distributed.set_threads(ComputeConfig(), workers=2) == 6
+        assert torch.get_num_threads() == 6
+        assert distributed.set_threads(ComputeConfig(nproc=2), workers=2) == 2
+        assert distributed.set_threads(ComputeConfig(nproc=4), workers=4) == 1  # at least one
+        assert distributed.set_threads(ComputeConfig(threads=3), workers=8) == 3
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
