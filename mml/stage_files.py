@@ -111,10 +111,13 @@ def saved_state(out_dir: Path, digest: str, stage: str, *, strict: bool) -> dict
 
 
 def write_curves(curves_dir: Path, histories: Sequence[tuple[int, list[dict[str, float]]]]) -> None:
-    """<curves_dir>/<k>.csv: one row per epoch (DVC plots; `/` in names -> `_`)."""
+    """<curves_dir>/<k>.csv: one row per epoch (DVC plots; `/` in names -> `_`); a value an
+    epoch does not have (validation only every `train.val_every` epochs) is left empty."""
     for index, history in histories:
         keys = list(dict.fromkeys(k for row in history for k in row))
         lines = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
         for epoch, row in enumerate(history, start=1):
-            lines.append(",".join([str(epoch), *(f"{row.get(k, float('nan')):.6g}" for k in keys)]))
+            lines.append(
+                ",".join([str(epoch), *(f"{row[k]:.6g}" if k in row else "" for k in keys)])
+            )
         fsio.atomic_write_text(curves_dir / f"{index}.csv", "\n".join(lines) + "\n")

@@ -2,8 +2,8 @@
 
 `tune_stage` trains the stage once per trial with values drawn from `tune.space` (the stage's
 KL weight, the uniform/dense mix, the learning rate, ...), reports the validation metric of
-every epoch to Optuna (which may prune the trial), and writes the best values to
-`tuned/<stage>.yaml`; `mml train STAGE --tuned` trains with them.
+every validated epoch (`train.val_every`) to Optuna (which may prune the trial), and writes the
+best values to `tuned/<stage>.yaml`; `mml train STAGE --tuned` trains with them.
 
 Several `mml tune` processes on one storage (a journal file, or any SQLAlchemy URL) share the
 study: Optuna hands out trial numbers atomically, every trial draws from a sampler seeded by

@@ -157,3 +157,16 @@ def test_mutual_learning_stage_logs_kl(project):
     assert {c.data.tags["peers"] for c in children} == {"rgb"}
     result = runner.invoke(app, ["train", "same", "-q"])
     assert result.exit_code == 2 and "zero mutual KL" in result.output
+
+
+def test_validation_every_n_epochs_and_always_after_the_last(project):
+    mml("train", "rgb_ce", "-S", "train.epochs=3", "-S", "train.val_every=2")
+    client, _, (child,) = runs("rgb_ce")
+    steps = {
+        k: [m.step for m in client.get_metric_history(child.info.run_id, k)]
+        for k in ("train/loss_ce", "val/top1")
+    }
+    assert steps == {"train/loss_ce": [0, 1, 2], "val/top1": [1, 2]}
+    rows = [line.split(",") for line in (project / "plots/rgb_ce/curves/0.csv").read_text().split()]
+    top1 = rows[0].index("val_top1")
+    assert [row[top1] != "" for row in rows[1:]] == [False, True, True]
