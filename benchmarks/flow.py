@@ -62,9 +62,13 @@ def main() -> None:
         for workers in (1, 2):
             with tempfile.TemporaryDirectory() as tmp:
                 report = build_cache(
-                    records, Path(tmp), "flow", algorithm=algorithm, workers=workers,
+                    records,
+                    Path(tmp),
+                    "flow",
+                    algorithm=algorithm,
+                    workers=workers,
                     show_progress=False,
-                )  # fmt: skip
+                )
             rate = fields / report.seconds
             print(f"| {algorithm} | {workers} | {rate:.0f} | {report.seconds:.2f} |")
 
@@ -85,9 +89,13 @@ def main() -> None:
         torch.set_num_threads(1)
         for modality in ("rgb", "flow", "diff"):
             clips = VideoClips(
-                ann, params.clip, train=True, seed=params.seed, modalities=(modality,),
+                ann,
+                params.clip,
+                train=True,
+                seed=params.seed,
+                modalities=(modality,),
                 caches={m: p for m, p in caches.items() if m == modality},
-            )  # fmt: skip
+            )
             clips[0]  # warm-up (imports, first file open)
             start = time.perf_counter()
             for index in range(len(clips)):

@@ -91,8 +91,10 @@ def main() -> None:
             top1, ms = measure(predictor, records)
             rows.append((label, members, top1, ms))
     base_ms = rows[0][3]
-    print(f"{len(records)} val videos, {args.threads} threads, views {e.dense_views} dense + "
-          f"{e.uniform_views} uniform")  # fmt: skip
+    print(
+        f"{len(records)} val videos, {args.threads} threads, views {e.dense_views} dense + "
+        f"{e.uniform_views} uniform"
+    )
     print("| model | members | val top-1 (%) | CPU ms/video | × baseline time |")
     print("|---|---|---|---|---|")
     for label, members, top1, ms in rows:

@@ -61,8 +61,10 @@ def main() -> None:
     dataset_module.read_frames, dataset_module.num_frames = naive_read_frames, naive_num_frames
     rows.append(("naive (PyAV, decode all, index)", measure(params, args.batches)))
     c, lo = params.clip, params.loader
-    print(f"\nT={c.segments}, crop {c.crop_size}, batch {lo.batch_size}, workers {lo.workers}, "
-          f"{args.batches} batches, dataset {params.dataset.root}\n")  # fmt: skip
+    print(
+        f"\nT={c.segments}, crop {c.crop_size}, batch {lo.batch_size}, workers {lo.workers}, "
+        f"{args.batches} batches, dataset {params.dataset.root}\n"
+    )
     print("| loader | clips/s |\n|---|---|")
     for name, rate in rows:
         print(f"| {name} | {rate:.1f} |")

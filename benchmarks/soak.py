@@ -68,8 +68,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mml-soak-") as tmp:
         root = Path(tmp) / "synthetic"
-        spec = SynthSpec(seed=11, train_per_class=max(1, args.videos // 6), val_per_class=1,
-                         frames=(20, 32), height=32, width=32, num_classes=6)  # fmt: skip
+        spec = SynthSpec(
+            seed=11,
+            train_per_class=max(1, args.videos // 6),
+            val_per_class=1,
+            frames=(20, 32),
+            height=32,
+            width=32,
+            num_classes=6,
+        )
         generate(root, spec, workers=args.workers or 1)
         from mml.config import DatasetConfig
 
@@ -78,8 +85,10 @@ def main() -> None:
         clip = ClipConfig(segments=4, scale_size=32, crop_size=28)
         clips = VideoClips(ann, clip, train=True, seed=0)
         loader_cfg = LoaderConfig(batch_size=args.batch, workers=args.workers)
-        print(f"{len(ann.records)} videos, {len(broken)} broken; loader: batch {args.batch}, "
-              f"{args.workers} workers; {args.seconds:.0f} s")  # fmt: skip
+        print(
+            f"{len(ann.records)} videos, {len(broken)} broken; loader: batch {args.batch}, "
+            f"{args.workers} workers; {args.seconds:.0f} s"
+        )
         start = time.perf_counter()
         samples, clips_seen, skipped, epochs, last_sample = [], 0, 0, 0, -1e9
         while time.perf_counter() - start < args.seconds:
@@ -106,8 +115,10 @@ def main() -> None:
     print(f"| clips/s | {clips_seen / elapsed:.1f} |")
     print(f"| complete epochs | {epochs} |")
     print(f"| broken videos skipped (total, per epoch) | {skipped}, {len(broken)} |")
-    print(f"| memory at first sample / peak / last (MB) | {memory[0]:.0f} / {memory.max():.0f}"
-          f" / {memory[-1]:.0f} |")  # fmt: skip
+    print(
+        f"| memory at first sample / peak / last (MB) | {memory[0]:.0f} / {memory.max():.0f}"
+        f" / {memory[-1]:.0f} |"
+    )
     print(f"| memory slope after {args.warmup:.0f} s (MB/min) | {slope:+.2f} |")
 
 

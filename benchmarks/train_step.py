@@ -45,11 +45,18 @@ def run_one(params_path: str, overrides: list[str], steps: int) -> dict:
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mobile = params.model.arch == "tsm_mobilenet_v2"
-    return {"arch": params.model.arch, "width": params.model.width_mult if mobile else "-",
-            "T": c.segments,
-            "crop": c.crop_size, "batch": b, "clips_s": b * steps / elapsed,
-            "step_ms": elapsed / steps * 1000, "peak_mb": peak / 1024,
-            "model_mb": (peak - before) / 1024, "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "arch": params.model.arch,
+        "width": params.model.width_mult if mobile else "-",
+        "T": c.segments,
+        "crop": c.crop_size,
+        "batch": b,
+        "clips_s": b * steps / elapsed,
+        "step_ms": elapsed / steps * 1000,
+        "peak_mb": peak / 1024,
+        "model_mb": (peak - before) / 1024,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> dict:
@@ -75,8 +82,10 @@ def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> 
     cfg = StageConfig(method=method, models=[{"modality": m} for m in modalities])
     step = JointStep(cfg, members, False, 12, clip_grad=params.train.clip_grad)
     shape = (b, c.segments)
-    inputs = {m: torch.randn(*shape, MODALITY_CHANNELS[m], c.crop_size, c.crop_size)
-              for m in set(modalities)}  # fmt: skip
+    inputs = {
+        m: torch.randn(*shape, MODALITY_CHANNELS[m], c.crop_size, c.crop_size)
+        for m in set(modalities)
+    }
     batch = Batch(inputs, torch.randint(0, 12, (b,)), [str(i) for i in range(b)], [])
     step(batch, 0.01)  # warm-up
     start = time.perf_counter()
@@ -88,8 +97,15 @@ def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> 
 
 
 def _subprocess(args, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--params", args.params, "--steps", str(args.steps),
-           *extra] + [a for o in args.overrides for a in ("-S", o)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--params",
+        args.params,
+        "--steps",
+        str(args.steps),
+        *extra,
+    ] + [a for o in args.overrides for a in ("-S", o)]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
@@ -105,8 +121,10 @@ def joint_table(args) -> None:
         modalities = spec.split(":")[1].split(",")
         ms = sum(single[m]["step_ms"] for m in modalities)
         mb = sum(single[m]["mem_mb"] for m in modalities)
-        print(f"| {spec} | {len(modalities)} | {joint['step_ms']:.0f} | {ms:.0f} | "
-              f"{joint['step_ms'] / ms:.2f} | {joint['mem_mb']:.0f} | {mb:.0f} |")  # fmt: skip
+        print(
+            f"| {spec} | {len(modalities)} | {joint['step_ms']:.0f} | {ms:.0f} | "
+            f"{joint['step_ms'] / ms:.2f} | {joint['mem_mb']:.0f} | {mb:.0f} |"
+        )
     cells = ", ".join(f"{m} {r['step_ms']:.0f} ms, {r['mem_mb']:.0f} MB" for m, r in single.items())
     print(f"\nsingle CE steps: {cells}")
 
@@ -130,19 +148,38 @@ def main() -> None:
         joint_table(args)
         return
     configs = [args.overrides]  # the default (plus any -S given), then a few comparisons
-    configs += [args.overrides + extra for extra in (
-        ["clip.segments=1"],
-        ["model.arch=tsm_resnet18"],
-        ["model.arch=tsm_resnet50"],
-    )]  # fmt: skip
+    configs += [
+        args.overrides + extra
+        for extra in (
+            ["clip.segments=1"],
+            ["model.arch=tsm_resnet18"],
+            ["model.arch=tsm_resnet50"],
+        )
+    ]
     print("| arch | width | T | crop | batch | clips/s | step ms | peak RSS MB | threads |")
     print("|---|---|---|---|---|---|---|---|---|")
     for overrides in configs:
-        cmd = [sys.executable, __file__, "--one", "--params", args.params,
-               "--steps", str(args.steps)] + [a for o in overrides for a in ("-S", o)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--params",
+            args.params,
+            "--steps",
+            str(args.steps),
+        ] + [a for o in overrides for a in ("-S", o)]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-        cells = [r["arch"], r["width"], r["T"], r["crop"], r["batch"], f"{r['clips_s']:.1f}",
-                 f"{r['step_ms']:.0f}", f"{r['peak_mb']:.0f}", r["threads"]]  # fmt: skip
+        cells = [
+            r["arch"],
+            r["width"],
+            r["T"],
+            r["crop"],
+            r["batch"],
+            f"{r['clips_s']:.1f}",
+            f"{r['step_ms']:.0f}",
+            f"{r['peak_mb']:.0f}",
+            r["threads"],
+        ]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     joint_table(args)
 

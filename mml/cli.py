@@ -82,8 +82,9 @@ def data_synth(
             synth_charades.check_dataset_config(p.dataset, p.source, codec=spec.codec)
         total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
         with progress_bar("synth videos", total, not quiet) as advance:
-            kwargs = dict(workers=workers or os.cpu_count() or 1,
-                          progress=lambda done, _total: advance(1))  # fmt: skip
+            kwargs = dict(
+                workers=workers or os.cpu_count() or 1, progress=lambda done, _total: advance(1)
+            )
             if multilabel:
                 synth_charades.generate(Path(p.dataset.root), spec, actions=actions, **kwargs)
             else:
@@ -93,8 +94,9 @@ def data_synth(
     _run(action)
 
 
-def _build_cache(kind: str, params: Path, overrides: list[str] | None, workers: int | None,
-                 quiet: bool) -> None:  # fmt: skip
+def _build_cache(
+    kind: str, params: Path, overrides: list[str] | None, workers: int | None, quiet: bool
+) -> None:
     """Shared body of `mml data flow` and `mml data diff`: both splits, one cache directory."""
     from mml.data.cache import build_cache
     from mml.data.dataset import cache_dir, load_split
@@ -103,9 +105,14 @@ def _build_cache(kind: str, params: Path, overrides: list[str] | None, workers: 
     records = [r for split in ("train", "val") for r in load_split(p.dataset, split).records]
     out = cache_dir(p.cache.root, p.dataset.name, kind)
     report = build_cache(
-        records, out, kind, algorithm=p.cache.flow_algorithm, bound=p.cache.flow_bound,
-        workers=workers, show_progress=not quiet,
-    )  # fmt: skip
+        records,
+        out,
+        kind,
+        algorithm=p.cache.flow_algorithm,
+        bound=p.cache.flow_bound,
+        workers=workers,
+        show_progress=not quiet,
+    )
     typer.echo(
         f"{kind} cache {out}: {report.built} built, {report.skipped_existing} already cached, "
         f"{report.invalidated} invalidated, {len(report.broken)} broken ({report.seconds:.1f} s)"
@@ -158,8 +165,10 @@ def data_check(
             ann = load_split(p.dataset, split)
             broken = check_videos(ann, show_progress=not quiet)
             broken_total += len(broken)
-            typer.echo(f"{split}: {len(ann.records)} videos, {len(ann.classes)} classes, "
-                       f"{len(broken)} broken")  # fmt: skip
+            typer.echo(
+                f"{split}: {len(ann.records)} videos, {len(ann.classes)} classes, "
+                f"{len(broken)} broken"
+            )
             for video_id, reason in broken:
                 typer.echo(f"  broken {video_id}: {reason}")
         if broken_total:
@@ -201,8 +210,12 @@ def train(
 
             argv = ["train", stage, "--params", str(params)]
             argv += [a for o in overrides or [] for a in ("--set", o)]
-            flags = {"--restart": restart, "--restart-if-changed": restart_if_changed,
-                     "--tuned": tuned, "--quiet": quiet}  # fmt: skip
+            flags = {
+                "--restart": restart,
+                "--restart-if-changed": restart_if_changed,
+                "--tuned": tuned,
+                "--quiet": quiet,
+            }
             raise typer.Exit(launch(nproc, argv + [f for f, on in flags.items() if on]))
 
     def action() -> None:
@@ -213,9 +226,13 @@ def train(
             from mml.tune import with_tuned
 
             p = with_tuned(p, stage)
-        final = train_stage(p, stage, restart=restart,
-                            restart_if_changed=restart_if_changed,
-                            show_progress=not quiet)  # fmt: skip
+        final = train_stage(
+            p,
+            stage,
+            restart=restart,
+            restart_if_changed=restart_if_changed,
+            show_progress=not quiet,
+        )
         if os.environ.get("RANK", "0") != "0":
             return  # rank 0 reports
         for k, metrics in enumerate(final):
@@ -238,8 +255,11 @@ def evaluate(
         from mml.evaluate import evaluate_stage
 
         report = evaluate_stage(_params(params, overrides), stage, show_progress=not quiet)
-        summary = {k: {m: v for m, v in r.items() if m in ("modality", "top1", "top5", "mAP")}
-                   for k, r in report.items() if k.isdigit()}  # fmt: skip
+        summary = {
+            k: {m: v for m, v in r.items() if m in ("modality", "top1", "top5", "mAP")}
+            for k, r in report.items()
+            if k.isdigit()
+        }
         typer.echo(f"{stage} ({report['views']}): {json.dumps(summary)}")
 
     _run(action)
@@ -258,8 +278,10 @@ def ensemble(
 
         report = run_ensembles(_params(params, overrides))
         best, key = report["best"], report["metric"]
-        typer.echo(f"{len(report['ensembles'])} ensembles; best {' + '.join(best['members'])}: "
-                   f"{key} {best[key]:.2f}")  # fmt: skip
+        typer.echo(
+            f"{len(report['ensembles'])} ensembles; best {' + '.join(best['members'])}: "
+            f"{key} {best[key]:.2f}"
+        )
 
     _run(action)
 
@@ -286,8 +308,13 @@ def tune(
     def action() -> None:
         from mml.tune import tune_stage
 
-        result = tune_stage(_params(params, overrides), stage, trials=trials, storage=storage,
-                            show_progress=not quiet)  # fmt: skip
+        result = tune_stage(
+            _params(params, overrides),
+            stage,
+            trials=trials,
+            storage=storage,
+            show_progress=not quiet,
+        )
         states = ", ".join(f"{n.lower()} {c}" for n, c in sorted(result.trials.items()))
         typer.echo(f"study {result.study} ({result.storage}): ran {result.ran} here; {states}")
         if result.tuned_file is None:
@@ -374,8 +401,10 @@ def promote(
                 did.append(f"{'would move' if dry_run else 'moved'} {ALIAS} to version {version}")
             ms = d.timing.get("ms_per_video")
             timing = f", {ms:.0f} ms/video" if ms else ""
-            typer.echo(f"{d.name}: {' + '.join(d.members)} ({d.metric} {d.value:.2f}{timing}): "
-                       f"{'; '.join(did)} — {d.reason}")  # fmt: skip
+            typer.echo(
+                f"{d.name}: {' + '.join(d.members)} ({d.metric} {d.value:.2f}{timing}): "
+                f"{'; '.join(did)} — {d.reason}"
+            )
 
     _run(action)
 
@@ -410,8 +439,9 @@ def predict(
         loaded = load_for_predict(p, model)
         import pandas as pd
 
-        table = loaded.predict(pd.DataFrame({"video": [str(v) for v in videos]}),
-                               params={"top_k": top})  # fmt: skip
+        table = loaded.predict(
+            pd.DataFrame({"video": [str(v) for v in videos]}), params={"top_k": top}
+        )
         failed = 0
         for row in table.to_dict(orient="records"):
             if isinstance(row["error"], str) and row["error"]:

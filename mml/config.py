@@ -30,9 +30,13 @@ from mml.errors import UserError
 Modality = Literal["rgb", "flow", "diff"]
 Method = Literal["ce", "ml", "mml", "mars", "d3d"]
 Arch = Literal[
-    "tsm_resnet18", "tsm_resnet50", "tsm_resnet101", "tsm_mobilenet_v2", "i3d_resnet18",
+    "tsm_resnet18",
+    "tsm_resnet50",
+    "tsm_resnet101",
+    "tsm_mobilenet_v2",
+    "i3d_resnet18",
     "i3d_resnet50",
-]  # fmt: skip
+]
 INIT_PATTERN = re.compile(r"^(imagenet|scratch|[A-Za-z0-9_\-]+\.\d+)$")
 MODEL_REF = re.compile(r"^[A-Za-z0-9_\-]+\.\d+$")  # <stage>.<k>: model k of a trained stage
 

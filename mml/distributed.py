@@ -200,8 +200,9 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         with torch.no_grad():  # statistics accumulated in float64, like one big batch
-            sums = torch.cat([x.new_tensor([x.numel() / x.shape[1]]).double(),
-                              x.sum(dims, dtype=torch.float64)])  # fmt: skip
+            sums = torch.cat(
+                [x.new_tensor([x.numel() / x.shape[1]]).double(), x.sum(dims, dtype=torch.float64)]
+            )
             dist.all_reduce(sums)
             count, mean = sums[0], sums[1:] / sums[0]
             centred = x.double() - mean.view([1, -1] + [1] * (x.dim() - 2))
@@ -232,9 +233,14 @@ def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
         ):
             like = next(iter(child.state_dict().values()), torch.empty(0))
             synced = GlooSyncBatchNorm(
-                child.num_features, child.eps, child.momentum, child.affine,
-                child.track_running_stats, device=like.device, dtype=like.dtype,
-            )  # fmt: skip
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+                device=like.device,
+                dtype=like.dtype,
+            )
             synced.load_state_dict(child.state_dict())
             if child.affine:
                 synced.weight, synced.bias = child.weight, child.bias
@@ -287,7 +293,15 @@ def shard_indices(n: int, rank: int, size: int) -> list[int]:
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m mml <argv>` as `nproc` processes on this machine under torchrun."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "mml", *argv]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "mml",
+        *argv,
+    ]
     print(f"starting {nproc} training processes: {' '.join(cmd[1:])}", file=sys.stderr)
     return subprocess.run(cmd, check=False).returncode

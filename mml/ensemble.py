@@ -59,8 +59,14 @@ def read_member(file: BinaryIO, ref: str) -> Member:
     """Model `ref`'s predictions from an open predictions/<stage>/<k>.npz (local or DVC)."""
     with np.load(io.BytesIO(file.read())) as npz:
         modality = str(npz["modality"]) if "modality" in npz else "?"
-        return Member(ref, modality, npz["scores"], npz["targets"],
-                      tuple(npz["ids"].tolist()), tuple(npz["classes"].tolist()))  # fmt: skip
+        return Member(
+            ref,
+            modality,
+            npz["scores"],
+            npz["targets"],
+            tuple(npz["ids"].tolist()),
+            tuple(npz["classes"].tolist()),
+        )
 
 
 def discover_candidates(predictions: Path) -> list[str]:
@@ -107,8 +113,14 @@ def score_combinations(
                 continue
             scores, targets = combine(list(group))
             metrics = summarize(scores, targets, multilabel)
-            results.append({"members": [m.ref for m in group], "modalities": modalities,
-                            "videos": len(targets), **metrics})  # fmt: skip
+            results.append(
+                {
+                    "members": [m.ref for m in group],
+                    "modalities": modalities,
+                    "videos": len(targets),
+                    **metrics,
+                }
+            )
     return results
 
 
@@ -144,16 +156,23 @@ def run_ensembles(params: Params) -> dict:
     cfg, predictions = params.ensemble, params.paths.predictions
     refs = list(cfg.candidates) or discover_candidates(predictions)
     if len(refs) < 2:
-        where = (f"ensemble.candidates lists {refs}" if cfg.candidates else
-                 f"ensemble.candidates is empty (every evaluated model) and {predictions} holds "
-                 f"{refs or 'none'}")  # fmt: skip
-        raise ConfigError(f"{params.source}: an ensemble needs at least two models, but {where}; "
-                          "run `mml evaluate STAGE` first for the stages to combine.")  # fmt: skip
+        where = (
+            f"ensemble.candidates lists {refs}"
+            if cfg.candidates
+            else f"ensemble.candidates is empty (every evaluated model) and {predictions} holds "
+            f"{refs or 'none'}"
+        )
+        raise ConfigError(
+            f"{params.source}: an ensemble needs at least two models, but {where}; "
+            "run `mml evaluate STAGE` first for the stages to combine."
+        )
     members = [load_member(predictions, ref) for ref in refs]
     multilabel = members[0].targets.ndim == 2
     key = "mAP" if multilabel else "top1"
-    singles = {m.ref: {"modality": m.modality, **summarize(m.scores, m.targets, multilabel)}
-               for m in members}  # fmt: skip
+    singles = {
+        m.ref: {"modality": m.modality, **summarize(m.scores, m.targets, multilabel)}
+        for m in members
+    }
     results = score_combinations(members, cfg.sizes, cfg.distinct_modalities, multilabel)
     if not results:
         raise ConfigError(
@@ -162,8 +181,15 @@ def run_ensembles(params: Params) -> dict:
         )
     results.sort(key=lambda r: (-r[key], r["members"]))
     greedy = greedy_selection(members, key, multilabel, cfg.distinct_modalities, max(cfg.sizes))
-    report = {"fuse": "probs", "metric": key, "best": results[0], "singles": singles,
-              "ensembles": results, "greedy": greedy, "greedy_best": greedy[-1]}  # fmt: skip
+    report = {
+        "fuse": "probs",
+        "metric": key,
+        "best": results[0],
+        "singles": singles,
+        "ensembles": results,
+        "greedy": greedy,
+        "greedy_best": greedy[-1],
+    }
     out, md = params.paths.metrics / "ensembles.json", params.paths.metrics / "ensembles.md"
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     atomic_write_text(md, ensembles_markdown(report))
@@ -188,22 +214,36 @@ def ensembles_markdown(report: dict) -> str:
     def names(refs: list[str]) -> str:
         return " + ".join(f"`{r}`" for r in refs)
 
-    lines = ["# Ensembles: probability averaging (paper App. 3, Tab. 13)", "",
-             f"Validation split; ranked by {key}; gains are in points.", "",
-             "## Single models", "", _row(["model", "modality", *cols]),
-             "|---|---|" + "---|" * len(cols)]  # fmt: skip
+    lines = [
+        "# Ensembles: probability averaging (paper App. 3, Tab. 13)",
+        "",
+        f"Validation split; ranked by {key}; gains are in points.",
+        "",
+        "## Single models",
+        "",
+        _row(["model", "modality", *cols]),
+        "|---|---|" + "---|" * len(cols),
+    ]
     for ref, s in sorted(singles.items(), key=lambda item: (-item[1][key], item[0])):
         lines.append(_row([f"`{ref}`", s["modality"], *metrics(s)]))
-    lines += ["", "## Ensembles", "",
-              _row(["rank", "members", "modalities", *cols, "gain over best member"]),
-              "|---|---|---|" + "---|" * len(cols) + "---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Ensembles",
+        "",
+        _row(["rank", "members", "modalities", *cols, "gain over best member"]),
+        "|---|---|---|" + "---|" * len(cols) + "---|",
+    ]
     for rank, e in enumerate(report["ensembles"], 1):
         gain = e[key] - max(singles[m][key] for m in e["members"])
         cells = [str(rank), names(e["members"]), " + ".join(e["modalities"]), *metrics(e)]
         lines.append(_row([*cells, f"{gain:+.2f}"]))
-    lines += ["", "## Greedy forward selection", "",
-              _row(["step", "added", "members", *cols, "gain over previous step"]),
-              "|---|---|---|" + "---|" * len(cols) + "---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Greedy forward selection",
+        "",
+        _row(["step", "added", "members", *cols, "gain over previous step"]),
+        "|---|---|---|" + "---|" * len(cols) + "---|",
+    ]
     for i, step in enumerate(report["greedy"]):
         gain = f"{step[key] - report['greedy'][i - 1][key]:+.2f}" if i else "–"
         cells = [str(i + 1), f"`{step['added']}`", names(step["members"]), *metrics(step)]
@@ -222,8 +262,12 @@ def plot_ranking(results: list[dict], singles: dict, key: str, path: Path) -> No
     labels = [" + ".join(r["members"]) for r in results][::-1]
     ax.barh(labels, [r[key] for r in results][::-1], color="tab:blue")
     best_single = max(singles.items(), key=lambda item: item[1][key])
-    ax.axvline(best_single[1][key], color="tab:red", ls="--",
-               label=f"best single: {best_single[0]} {best_single[1][key]:.1f}")  # fmt: skip
+    ax.axvline(
+        best_single[1][key],
+        color="tab:red",
+        ls="--",
+        label=f"best single: {best_single[0]} {best_single[1][key]:.1f}",
+    )
     ax.set_xlabel(f"{key} (%)")
     ax.legend(loc="lower right", fontsize=8)
     ax.tick_params(axis="y", labelsize=7)
@@ -236,13 +280,19 @@ def _track(params: Params, refs: list[str], report: dict, artifacts: list[Path])
     from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
-    tags = {"stage": "ensemble", "method": "ensemble", "dataset": params.dataset.name,
-            "git_commit": tracking.git_commit(), "mml.role": "ensemble"}  # fmt: skip
+    tags = {
+        "stage": "ensemble",
+        "method": "ensemble",
+        "dataset": params.dataset.name,
+        "git_commit": tracking.git_commit(),
+        "mml.role": "ensemble",
+    }
     run = client.create_run(experiment_id, run_name="ensemble", tags=tags)
     run_id = run.info.run_id
     cfg = params.ensemble
-    tracking.log_params(client, run_id, {"ensemble.candidates": ",".join(refs),
-                                         "ensemble.sizes": list(cfg.sizes)})  # fmt: skip
+    tracking.log_params(
+        client, run_id, {"ensemble.candidates": ",".join(refs), "ensemble.sizes": list(cfg.sizes)}
+    )
     best, greedy, key = report["best"], report["greedy_best"], report["metric"]
     tracking.log_metrics(client, run_id, {f"best/{key}": best[key], f"greedy/{key}": greedy[key]})
     client.set_tag(run_id, "best_members", ",".join(best["members"]))

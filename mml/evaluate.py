@@ -107,8 +107,15 @@ def predict_dataset(
     multilabel = dataset.multilabel
     for model in models:
         model.eval()
-    batches = make_loader(dataset, loader, shuffle=False, seed=0, batch_size=batch_size,
-                          rank=rank, world_size=world_size)  # fmt: skip
+    batches = make_loader(
+        dataset,
+        loader,
+        shuffle=False,
+        seed=0,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+    )
     scores: list[list[np.ndarray]] = [[] for _ in models]
     targets, ids, skipped = [], [], []
     with progress_bar(label, len(batches), show_progress) as advance:
@@ -135,11 +142,13 @@ def merge_predictions(parts: Sequence[Predictions]) -> Predictions:
         if not pieces:
             members.append(parts[0].members[k])
             continue
-        members.append(Prediction(
-            np.concatenate([p.scores for p in pieces]),
-            np.concatenate([p.targets for p in pieces]),
-            [i for p in pieces for i in p.ids],
-        ))  # fmt: skip
+        members.append(
+            Prediction(
+                np.concatenate([p.scores for p in pieces]),
+                np.concatenate([p.targets for p in pieces]),
+                [i for p in pieces for i in p.ids],
+            )
+        )
     return Predictions(members, [s for p in parts for s in p.skipped])
 
 
@@ -178,14 +187,23 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     for modality in sorted(set(modalities)):
         ks = [k for k, m in enumerate(modalities) if m == modality]
         dataset = VideoClips(
-            ann, params.clip, train=False, views=plan, modalities=[modality],
+            ann,
+            params.clip,
+            train=False,
+            views=plan,
+            modalities=[modality],
             caches=stage_caches(params, [modality]),
-        )  # fmt: skip
+        )
         result = predict_dataset(
-            [loaded[k][0] for k in ks], [modality] * len(ks), dataset, params.loader,
-            batch_size=params.evaluate.batch_size, fuse=params.evaluate.fuse,
-            label=f"{stage} evaluate {modality} ({plan})", show_progress=show_progress,
-        )  # fmt: skip
+            [loaded[k][0] for k in ks],
+            [modality] * len(ks),
+            dataset,
+            params.loader,
+            batch_size=params.evaluate.batch_size,
+            fuse=params.evaluate.fuse,
+            label=f"{stage} evaluate {modality} ({plan})",
+            show_progress=show_progress,
+        )
         predictions |= dict(zip(ks, result.members, strict=True))
         skipped |= set(result.skipped)
     report: dict = {"views": str(plan), "fuse": params.evaluate.fuse, "skipped": sorted(skipped)}
@@ -200,8 +218,9 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
     return report
 
 
-def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Prediction,
-                  classes: Sequence[str], client) -> dict:  # fmt: skip
+def _report_model(
+    params: Params, stage: str, k: int, meta: dict, pred: Prediction, classes: Sequence[str], client
+) -> dict:
     from mml import tracking
 
     multilabel = bool(meta.get("multilabel"))
@@ -226,9 +245,14 @@ def _report_model(params: Params, stage: str, k: int, meta: dict, pred: Predicti
 
 def _save_npz(path: Path, pred: Prediction, classes: Sequence[str], modality: str) -> None:
     with open(path, "wb") as f:
-        np.savez_compressed(f, scores=pred.scores, targets=pred.targets,
-                            ids=np.array(pred.ids), classes=np.array(list(classes)),
-                            modality=np.array(modality))  # fmt: skip
+        np.savez_compressed(
+            f,
+            scores=pred.scores,
+            targets=pred.targets,
+            ids=np.array(pred.ids),
+            classes=np.array(list(classes)),
+            modality=np.array(modality),
+        )
 
 
 def _finite(value: float) -> float | None:
@@ -251,8 +275,9 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     size = max(5.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     im = ax.imshow(matrix_norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), [c[:28] for c in classes], rotation=75, ha="right",
-                  fontsize=7)  # fmt: skip
+    ax.set_xticks(
+        range(len(classes)), [c[:28] for c in classes], rotation=75, ha="right", fontsize=7
+    )
     ax.set_yticks(range(len(classes)), [c[:28] for c in classes], fontsize=7)
     for (i, j), count in np.ndenumerate(matrix):
         if count:

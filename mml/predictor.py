@@ -66,13 +66,16 @@ def write_package(
         shutil.copyfile(path, root / f"{ref}.pt")
         entries.append({"ref": ref, "modality": meta["modality"], "file": f"{ref}.pt"})
     config = {
-        "format": FORMAT, "kind": kind, "classes": classes,
+        "format": FORMAT,
+        "kind": kind,
+        "classes": classes,
         "multilabel": bool(meta.get("multilabel")),
-        "views": {"dense": views.dense, "uniform": views.uniform}, "fuse": fuse,
+        "views": {"dense": views.dense, "uniform": views.uniform},
+        "fuse": fuse,
         "short_side": short_side,
         "flow": {"algorithm": flow_algorithm, "bound": flow_bound},
         "members": entries,
-    }  # fmt: skip
+    }
     atomic_write_text(root / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return config
 
@@ -114,11 +117,14 @@ class VideoPredictor:
             key = (m.modality, m.clip.model_dump_json())
             if key not in inputs:  # members with the same modality and clip share inputs
                 inputs[key] = view_inputs(
-                    video, m.modality, m.clip, self.views,
+                    video,
+                    m.modality,
+                    m.clip,
+                    self.views,
                     short_side=self.config["short_side"],
                     flow_algorithm=self.config["flow"]["algorithm"],
                     flow_bound=self.config["flow"]["bound"],
-                )  # fmt: skip
+                )
             probabilities.append(fuse_views(m.model, inputs[key][None], self.fuse, self.multilabel))
         return np.mean(probabilities, axis=0)[0]
 

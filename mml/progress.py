@@ -17,8 +17,12 @@ def progress_bar(label: str, total: int, show: bool = True) -> Iterator[Callable
     if not show:
         yield lambda n=1: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=_console, transient=False) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n=1: progress.advance(task, n)

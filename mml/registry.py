@@ -133,8 +133,15 @@ def _metrics(entry: dict) -> dict[str, float]:
 # ---- decisions -------------------------------------------------------------------------------
 def _decide(client, params, settings, kind, members, metric, metrics, *, force: bool) -> Decision:
     name = registered_name(params, kind)
-    d = Decision(name, kind, members, metric, metrics[metric], metrics,
-                 fingerprint(params, members, settings))  # fmt: skip
+    d = Decision(
+        name,
+        kind,
+        members,
+        metric,
+        metrics[metric],
+        metrics,
+        fingerprint(params, members, settings),
+    )
     versions = _versions(client, name)
     same = [v for v in versions if v.tags.get("mml.fingerprint") == d.fingerprint]
     champion = _champion(client, name)
@@ -150,8 +157,10 @@ def _decide(client, params, settings, kind, members, metric, metrics, *, force: 
     elif force:
         d.move_alias, d.reason = True, f"forced over version {d.champion}"
     elif d.champion_value is None or not d.value > d.champion_value:
-        d.reason = (f"{metric} {d.value:.2f} does not beat {ALIAS} version {d.champion} "
-                    f"({d.champion_value:.2f}); --force to crown it anyway")  # fmt: skip
+        d.reason = (
+            f"{metric} {d.value:.2f} does not beat {ALIAS} version {d.champion} "
+            f"({d.champion_value:.2f}); --force to crown it anyway"
+        )
     else:
         d.move_alias = True
         d.reason = f"{metric} {d.value:.2f} beats version {d.champion} ({d.champion_value:.2f})"
@@ -178,16 +187,23 @@ def package_settings(params: Params) -> dict:
     from mml.data.sampling import ViewPlan
 
     e, c = params.evaluate, params.cache
-    return {"views": ViewPlan(e.dense_views, e.uniform_views), "fuse": e.fuse,
-            "short_side": short_side(params), "flow_algorithm": c.flow_algorithm,
-            "flow_bound": c.flow_bound}  # fmt: skip
+    return {
+        "views": ViewPlan(e.dense_views, e.uniform_views),
+        "fuse": e.fuse,
+        "short_side": short_side(params),
+        "flow_algorithm": c.flow_algorithm,
+        "flow_bound": c.flow_bound,
+    }
 
 
 def _inference_settings(s: dict) -> dict:
     """The part of `package_settings` that is hashed (kept stable: old versions match)."""
-    return {"views": [s["views"].dense, s["views"].uniform], "fuse": s["fuse"],
-            "flow": [s["flow_algorithm"], s["flow_bound"]],
-            "short_side": s["short_side"]}  # fmt: skip
+    return {
+        "views": [s["views"].dense, s["views"].uniform],
+        "fuse": s["fuse"],
+        "flow": [s["flow_algorithm"], s["flow_bound"]],
+        "short_side": s["short_side"],
+    }
 
 
 def short_side(params: Params) -> int | None:
@@ -225,8 +241,13 @@ def _champion(client, name: str):
 
 # ---- registration ----------------------------------------------------------------------------
 def _promote_run(client, experiment_id: str, params: Params) -> str:
-    tags = {"mml.role": "promote", "stage": "promote", "method": "promote",
-            "dataset": params.dataset.name, "git_commit": tracking.git_commit()}  # fmt: skip
+    tags = {
+        "mml.role": "promote",
+        "stage": "promote",
+        "method": "promote",
+        "dataset": params.dataset.name,
+        "git_commit": tracking.git_commit(),
+    }
     return client.create_run(experiment_id, run_name="promote", tags=tags).info.run_id
 
 
@@ -282,8 +303,18 @@ def _signature():
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    names = ["torch", "torchvision", "numpy", "pandas", "decord", "av", "pydantic", "pyyaml",
-             "opencv-contrib-python-headless", "mlflow"]  # fmt: skip
+    names = [
+        "torch",
+        "torchvision",
+        "numpy",
+        "pandas",
+        "decord",
+        "av",
+        "pydantic",
+        "pyyaml",
+        "opencv-contrib-python-headless",
+        "mlflow",
+    ]
     found = []
     for name in names:
         try:
@@ -333,8 +364,10 @@ def data_hash(params: Params) -> str:
 
 def _description(d: Decision, timing: dict) -> str:
     ms = timing.get("ms_per_video", float("nan"))
-    return (f"{' + '.join(d.members)}: val {d.metric} {d.value:.2f}, {ms:.0f} ms/video on CPU "
-            "(decode, flow/diff, all views)")  # fmt: skip
+    return (
+        f"{' + '.join(d.members)}: val {d.metric} {d.value:.2f}, {ms:.0f} ms/video on CPU "
+        "(decode, flow/diff, all views)"
+    )
 
 
 def _summary(d: Decision) -> dict:
@@ -354,5 +387,7 @@ def load_for_predict(params: Params, uri: str | None):
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"cannot load model {uri}: {first}. Run `mml promote` first, or pass "
-                          "--model with a models:/ or runs:/ URI.") from None  # fmt: skip
+        raise ConfigError(
+            f"cannot load model {uri}: {first}. Run `mml promote` first, or pass "
+            "--model with a models:/ or runs:/ URI."
+        ) from None

@@ -37,14 +37,30 @@ class MMLVideoModel(PythonModel):
             try:
                 top = self.predictor.top(self.predictor.predict(video), top_k)
             except (VideoDecodeError, ValueError, OSError) as err:
-                rows.append({"video": video, "label": "", "score": 0.0, "top_labels": [],
-                             "top_scores": [], "error": str(err)})  # fmt: skip
+                rows.append(
+                    {
+                        "video": video,
+                        "label": "",
+                        "score": 0.0,
+                        "top_labels": [],
+                        "top_scores": [],
+                        "error": str(err),
+                    }
+                )
                 continue
-            rows.append({"video": video, "label": top[0][0], "score": top[0][1],
-                         "top_labels": [c for c, _ in top], "top_scores": [p for _, p in top],
-                         "error": ""})  # fmt: skip
-        return pd.DataFrame(rows, columns=["video", "label", "score", "top_labels", "top_scores",
-                                           "error"])  # fmt: skip
+            rows.append(
+                {
+                    "video": video,
+                    "label": top[0][0],
+                    "score": top[0][1],
+                    "top_labels": [c for c, _ in top],
+                    "top_scores": [p for _, p in top],
+                    "error": "",
+                }
+            )
+        return pd.DataFrame(
+            rows, columns=["video", "label", "score", "top_labels", "top_scores", "error"]
+        )
 
 
 def _videos(model_input) -> list[str]:

@@ -23,8 +23,17 @@ from mml.models.factory import model_path
 log = logging.getLogger(__name__)
 
 # sections that do not change what a stage's training computes
-NOT_TRAINING = {"tracking", "stages", "evaluate", "ensemble", "tune", "promote", "compute",
-                "paths", "source"}  # fmt: skip
+NOT_TRAINING = {
+    "tracking",
+    "stages",
+    "evaluate",
+    "ensemble",
+    "tune",
+    "promote",
+    "compute",
+    "paths",
+    "source",
+}
 
 
 def fingerprint(params: Params, cfg: StageConfig) -> str:
@@ -77,17 +86,24 @@ def save(
             out_dir / f"{k}.pt",
             {"format": 1, "state_dict": _cpu(m.model.state_dict()), "meta": m.meta},
         )
-    checkpoint.save(out_dir / "last.pt", {
-        "format": 1,
-        "fingerprint": fingerprint,
-        "epoch": epochs_done,
-        "parent_run_id": parent_run_id,
-        "members": [
-            {"model": _cpu(m.model.state_dict()), "optimizer": m.optimizer.state_dict(),
-             "run_id": m.meta["run_id"], "history": m.history}
-            for m in models
-        ],
-    })  # fmt: skip
+    checkpoint.save(
+        out_dir / "last.pt",
+        {
+            "format": 1,
+            "fingerprint": fingerprint,
+            "epoch": epochs_done,
+            "parent_run_id": parent_run_id,
+            "members": [
+                {
+                    "model": _cpu(m.model.state_dict()),
+                    "optimizer": m.optimizer.state_dict(),
+                    "run_id": m.meta["run_id"],
+                    "history": m.history,
+                }
+                for m in models
+            ],
+        },
+    )
 
 
 def saved_state(out_dir: Path, digest: str, stage: str, *, strict: bool) -> dict | None:

@@ -70,8 +70,10 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head
@@ -152,9 +154,16 @@ def start_model(
     if cfg.teacher:
         tags["teacher"] = cfg.teacher
     run = client.create_run(experiment_id, run_name=f"{stage}.{index}-{spec.modality}", tags=tags)
-    log_params(client, run.info.run_id, {**params.flat(), **stage_params(cfg),
-                                         "model.modality": spec.modality,
-                                         "model.init": spec.init})  # fmt: skip
+    log_params(
+        client,
+        run.info.run_id,
+        {
+            **params.flat(),
+            **stage_params(cfg),
+            "model.modality": spec.modality,
+            "model.init": spec.init,
+        },
+    )
     return run.info.run_id
 
 

@@ -174,21 +174,30 @@ class Trainer:
         modalities = sorted({m.modality for m in self.cfg.models} | {self.teacher_modality} - {""})
         caches = stage_caches(self.params, modalities)
         self.train_set = VideoClips(
-            self.train_ann, self.params.clip, train=True, seed=self.params.seed,
-            modalities=modalities, caches=caches,
-        )  # fmt: skip
+            self.train_ann,
+            self.params.clip,
+            train=True,
+            seed=self.params.seed,
+            modalities=modalities,
+            caches=caches,
+        )
         own = sorted({m.modality for m in self.cfg.models})  # the teacher is not validated
         self.val_set = VideoClips(
             self.val_ann, self.params.clip, train=False, modalities=own, caches=caches
         )
         self.members = [self._member(k) for k in range(len(self.cfg.models))]
         self.joint = JointStep(
-            self.cfg, self.members, self.multilabel, self.num_classes,
-            clip_grad=self.params.train.clip_grad, teacher=self.teacher,
+            self.cfg,
+            self.members,
+            self.multilabel,
+            self.num_classes,
+            clip_grad=self.params.train.clip_grad,
+            teacher=self.teacher,
             teacher_modality=self.teacher_modality,
             net=distributed.wrap(JointForward([m.model for m in self.members]), self.world),
-            device=self.world.device, dtype=self.dtype,
-        )  # fmt: skip
+            device=self.world.device,
+            dtype=self.dtype,
+        )
         self.start_epoch = 0
         self.parent_run_id = ""
 
@@ -196,9 +205,12 @@ class Trainer:
         spec = self.cfg.models[k]
         torch.manual_seed(self.params.seed * 1000 + k)  # different inits for "scratch" models
         model = build_model(
-            self.params.model, len(self.train_ann.classes), spec.modality, spec.init,
+            self.params.model,
+            len(self.train_ann.classes),
+            spec.modality,
+            spec.init,
             checkpoints=self.params.paths.checkpoints,
-        ).to(self.world.device, self.dtype)  # fmt: skip
+        ).to(self.world.device, self.dtype)
         if self.world.distributed and self.params.compute.sync_bn:
             model = distributed.sync_batchnorm(model, self.world.device)
         optimizer = make_optimizer(model, self.params, fresh_head=spec.init == "imagenet")
@@ -215,8 +227,15 @@ class Trainer:
         torch.manual_seed((self.params.seed * 7919 + epoch) * w.size + w.rank)  # dropout stream
         for m in self.members:
             m.model.train()
-        loader = make_loader(self.train_set, self.params.loader, shuffle=True, epoch=epoch,
-                             seed=self.params.seed, rank=w.rank, world_size=w.size)  # fmt: skip
+        loader = make_loader(
+            self.train_set,
+            self.params.loader,
+            shuffle=True,
+            epoch=epoch,
+            seed=self.params.seed,
+            rank=w.rank,
+            world_size=w.size,
+        )
         sums: list[dict[str, float]] = [dict() for _ in self.members]
         seen, skipped = 0, 0
         with progress_bar(
@@ -235,9 +254,12 @@ class Trainer:
                             acc[key] = acc.get(key, 0.0) + value * n
                     seen += n
                 elif sum(counts):  # every process must step together
-                    log.warning("%s: a process got only broken videos; the other %d "
-                                "videos of this batch are not trained on",
-                                self.stage, sum(counts))  # fmt: skip
+                    log.warning(
+                        "%s: a process got only broken videos; the other %d "
+                        "videos of this batch are not trained on",
+                        self.stage,
+                        sum(counts),
+                    )
                 bar()
         keys = [list(acc) for acc in sums]  # the same on every process
         totals = distributed.all_sum(
@@ -253,11 +275,17 @@ class Trainer:
 
         w = self.world
         results = predict_dataset(
-            [m.model for m in self.members], [m.modality for m in self.members], self.val_set,
-            self.params.loader, batch_size=self.params.evaluate.batch_size, fuse="logits",
-            label=f"{self.stage} validate", show_progress=self.show_progress,
-            rank=w.rank, world_size=w.size,
-        )  # fmt: skip
+            [m.model for m in self.members],
+            [m.modality for m in self.members],
+            self.val_set,
+            self.params.loader,
+            batch_size=self.params.evaluate.batch_size,
+            fuse="logits",
+            label=f"{self.stage} validate",
+            show_progress=self.show_progress,
+            rank=w.rank,
+            world_size=w.size,
+        )
         if w.distributed:  # each process predicted its part of the validation set
             results = merge_predictions(distributed.all_gather_objects(w, results))
         metrics = [
@@ -303,8 +331,14 @@ class Trainer:
                     tracking.log_metrics(client, m.run_id, row, step=epoch)
             for m in self.members:
                 shown = ", ".join(f"{k} {v:.3g}" for k, v in m.history[-1].items() if k != "lr")
-                log.info("%s.%d epoch %d/%d: %s", self.stage, m.index, epoch + 1,
-                         self.params.train.epochs, shown)  # fmt: skip
+                log.info(
+                    "%s.%d epoch %d/%d: %s",
+                    self.stage,
+                    m.index,
+                    epoch + 1,
+                    self.params.train.epochs,
+                    shown,
+                )
             if w.main:
                 self._save(epoch + 1)
                 self._write_curves()
@@ -336,14 +370,25 @@ class Trainer:
                 stale.unlink()
             tags = {**(run_tags or {}), "mml.processes": str(w.size)}
             self.parent_run_id = tracking.start_stage(
-                client, experiment_id, self.params, self.stage, params_hash=digest,
-                parent_run_id=parent_run_id, extra_tags=tags, run_name=run_name,
-            )  # fmt: skip
+                client,
+                experiment_id,
+                self.params,
+                self.stage,
+                params_hash=digest,
+                parent_run_id=parent_run_id,
+                extra_tags=tags,
+                run_name=run_name,
+            )
             for m in self.members:
                 m.run_id = tracking.start_model(
-                    client, experiment_id, self.params, self.stage, m.index, self.parent_run_id,
+                    client,
+                    experiment_id,
+                    self.params,
+                    self.stage,
+                    m.index,
+                    self.parent_run_id,
                     params_hash=digest,
-                )  # fmt: skip
+                )
         if w.distributed:
             log.info("%s: %d processes (%s) on %s", self.stage, w.size, w.backend, w.device)
         return client
@@ -365,14 +410,27 @@ class Trainer:
         models = []
         for m in self.members:
             meta = model_meta(
-                self.params.model, m.model, m.modality, classes=list(self.train_ann.classes),
-                stage=self.stage, index=m.index, init=self.cfg.models[m.index].init,
-                run_id=m.run_id, parent_run_id=self.parent_run_id, epochs=epochs_done,
-                multilabel=self.multilabel, clip=self.params.clip.model_dump(mode="json"),
-            )  # fmt: skip
+                self.params.model,
+                m.model,
+                m.modality,
+                classes=list(self.train_ann.classes),
+                stage=self.stage,
+                index=m.index,
+                init=self.cfg.models[m.index].init,
+                run_id=m.run_id,
+                parent_run_id=self.parent_run_id,
+                epochs=epochs_done,
+                multilabel=self.multilabel,
+                clip=self.params.clip.model_dump(mode="json"),
+            )
             models.append(stage_files.SavedModel(m.model, m.optimizer, meta, m.history))
-        stage_files.save(self.out_dir, models, fingerprint=self.fingerprint(),
-                         epochs_done=epochs_done, parent_run_id=self.parent_run_id)  # fmt: skip
+        stage_files.save(
+            self.out_dir,
+            models,
+            fingerprint=self.fingerprint(),
+            epochs_done=epochs_done,
+            parent_run_id=self.parent_run_id,
+        )
 
     def _saved_state(self, *, strict: bool) -> dict | None:
         return stage_files.saved_state(self.out_dir, self.fingerprint(), self.stage, strict=strict)

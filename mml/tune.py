@@ -230,15 +230,27 @@ def _study_run(client, experiment_id: str, params: Params, stage: str, name: str
 
     if (found := first()) is not None:
         return found
-    tags = {"mml.role": "study", "mml.study": name, "stage": stage, "method": "tune",
-            "dataset": params.dataset.name, "git_commit": tracking.git_commit(),
-            "optuna.storage": _redact(url)}  # fmt: skip
+    tags = {
+        "mml.role": "study",
+        "mml.study": name,
+        "stage": stage,
+        "method": "tune",
+        "dataset": params.dataset.name,
+        "git_commit": tracking.git_commit(),
+        "optuna.storage": _redact(url),
+    }
     run_id = client.create_run(experiment_id, run_name=f"tune {stage}", tags=tags).info.run_id
     tune = params.tune
-    tracking.log_params(client, run_id, {"tune.seed": tune.seed, "tune.epochs": tune.epochs,
-                                         "tune.objective": tune.objective,
-                                         **{f"space.{k}": v.model_dump(exclude_none=True)
-                                            for k, v in tune.space.items()}})  # fmt: skip
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            "tune.seed": tune.seed,
+            "tune.epochs": tune.epochs,
+            "tune.objective": tune.objective,
+            **{f"space.{k}": v.model_dump(exclude_none=True) for k, v in tune.space.items()},
+        },
+    )
     # two workers starting together may both have created one: all keep the same one
     found = first() or run_id
     if found != run_id:
@@ -278,8 +290,13 @@ def _run_trial(params, stage, study, trial, metric, client, study_run, show_prog
 
     tags = {"mml.trial": str(trial.number), "mml.study": study.study_name}
     try:
-        final = trainer.run(restart=True, on_epoch=report, parent_run_id=study_run,
-                            run_tags=tags, run_name=f"{stage} trial {trial.number}")  # fmt: skip
+        final = trainer.run(
+            restart=True,
+            on_epoch=report,
+            parent_run_id=study_run,
+            run_tags=tags,
+            run_name=f"{stage} trial {trial.number}",
+        )
     except optuna.TrialPruned:
         trainer.end_runs(client)
         client.set_tag(trainer.parent_run_id, "optuna.state", "PRUNED")
@@ -331,15 +348,21 @@ def _finish(params, stage, study, url, client, study_run, ran) -> TuneResult:
         plot = params.paths.plots / "tune" / f"{stage}.png"
         plot_history(study, plot)
         tracking.log_artifacts(client, study_run, [tuned_file, plot], "tuning")
-    return TuneResult(study.study_name, _redact(url), best_value, best_params, counts, ran,
-                      tuned_file)  # fmt: skip
+    return TuneResult(
+        study.study_name, _redact(url), best_value, best_params, counts, ran, tuned_file
+    )
 
 
 def write_tuned(path: Path, stage: str, study: str, best: FrozenTrial | None) -> None:
     """tuned/<stage>.yaml: the best trial's values (none: tuning off), read by `mml train
     STAGE --tuned`."""
-    data = {"stage": stage, "study": study, "trial": best and best.number,
-            "value": best and best.value, "values": dict(best.params) if best else {}}  # fmt: skip
+    data = {
+        "stage": stage,
+        "study": study,
+        "trial": best and best.number,
+        "value": best and best.value,
+        "values": dict(best.params) if best else {},
+    }
     header = f"# written by `mml tune {stage}`; used by `mml train {stage} --tuned`\n"
     atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False))
 
@@ -378,9 +401,16 @@ def plot_history(study: optuna.Study, path: Path) -> None:
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for state, colour in ((TrialState.COMPLETE, "tab:blue"), (TrialState.PRUNED, "tab:gray")):
-        points = [(t.number, t.value if t.value is not None else
-                   t.intermediate_values.get(t.last_step, float("nan")))
-                  for t in trials if t.state == state]  # fmt: skip
+        points = [
+            (
+                t.number,
+                t.value
+                if t.value is not None
+                else t.intermediate_values.get(t.last_step, float("nan")),
+            )
+            for t in trials
+            if t.state == state
+        ]
         if points:
             ax.scatter(*zip(*points, strict=True), color=colour, label=state.name.lower(), s=18)
     complete = sorted((t.number, t.value) for t in trials if t.state == TrialState.COMPLETE)

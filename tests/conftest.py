@@ -12,9 +12,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-TINY_SYNTH = dict(seed=3, train_per_class=3, val_per_class=2, frames=[10, 14], height=32,
-                  width=32, fps=12, codec="vp9", num_classes=4, distractors=1, jitter=1.0,
-                  noise=4.0)  # fmt: skip
+TINY_SYNTH = dict(
+    seed=3,
+    train_per_class=3,
+    val_per_class=2,
+    frames=[10, 14],
+    height=32,
+    width=32,
+    fps=12,
+    codec="vp9",
+    num_classes=4,
+    distractors=1,
+    jitter=1.0,
+    noise=4.0,
+)
 
 
 @pytest.fixture(scope="session")

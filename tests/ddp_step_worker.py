@@ -60,12 +60,17 @@ def main(out: str) -> None:
     for m in ms:
         distributed.sync_batchnorm(m.model, world.device)
     net = torch.nn.parallel.DistributedDataParallel(JointForward([m.model for m in ms]))
-    step = JointStep(STAGE, ms, False, CLASSES, clip_grad=PARAMS.train.clip_grad, net=net,
-                     dtype=DTYPE)  # fmt: skip
+    step = JointStep(
+        STAGE, ms, False, CLASSES, clip_grad=PARAMS.train.clip_grad, net=net, dtype=DTYPE
+    )
     for batch in global_batches():
         part = np.array_split(np.arange(GLOBAL_BATCH), world.size)[world.rank]
-        shard = Batch({"rgb": batch.inputs["rgb"][part]}, batch.targets[part],
-                      [batch.ids[i] for i in part], [])  # fmt: skip
+        shard = Batch(
+            {"rgb": batch.inputs["rgb"][part]},
+            batch.targets[part],
+            [batch.ids[i] for i in part],
+            [],
+        )
         counts = distributed.all_gather_int(world, len(part))
         step(shard, lr=PARAMS.train.lr, weight=world.size * len(part) / sum(counts))
     if world.main:

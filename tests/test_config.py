@@ -65,8 +65,11 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
 
 
 def test_stage_overrides_apply_and_are_validated(tmp_path):
-    path = write(tmp_path, "stages:\n  s:\n    overrides: {clip.segments: 1}\n"
-                 "  bad:\n    overrides: {clip.segmnts: 1}\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "stages:\n  s:\n    overrides: {clip.segments: 1}\n"
+        "  bad:\n    overrides: {clip.segmnts: 1}\n",
+    )
     params = load_params(path)
     assert params.for_stage("s").clip.segments == 1
     assert params.clip.segments == 8
@@ -87,8 +90,10 @@ def test_cli_reports_bad_params_without_traceback(tmp_path):
     path = write(tmp_path, "train:\n  epoch: 3\nstages:\n  s: {}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "mml", "train", "s", "--params", str(path)],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "train.epoch: unknown key" in proc.stderr and str(path) in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

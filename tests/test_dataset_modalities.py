@@ -39,8 +39,14 @@ def rgb_indices(x: torch.Tensor) -> list[int]:
 
 def test_modalities_see_the_same_moments_with_stacked_channels(tmp_path):
     ann, caches = make_video(tmp_path, frames=12)
-    ds = VideoClips(ann, clip_config(2), train=False, views=ViewPlan(0, 1),
-                    modalities=("diff", "flow", "rgb"), caches=caches)  # fmt: skip
+    ds = VideoClips(
+        ann,
+        clip_config(2),
+        train=False,
+        views=ViewPlan(0, 1),
+        modalities=("diff", "flow", "rgb"),
+        caches=caches,
+    )
     sample = ds[0]
     # 12 frames: 11 fields, stacks of 5 -> 7 positions; uniform centres of 2 segments: 1, 5.
     # RGB reads the centre of each position's 6-frame window, p + 2 -> frames 3, 7.
@@ -100,16 +106,22 @@ def test_rgb_training_clips_do_not_depend_on_peers_and_match_test_positions(tmp_
 
 def test_short_video_stack_repeats_the_last_field(tmp_path):
     ann, caches = make_video(tmp_path, frames=4)  # 3 fields: fewer than a stack
-    ds = VideoClips(ann, clip_config(2), train=False, views=ViewPlan(0, 1),
-                    modalities=("flow",), caches=caches)  # fmt: skip
+    ds = VideoClips(
+        ann, clip_config(2), train=False, views=ViewPlan(0, 1), modalities=("flow",), caches=caches
+    )
     raw = (ds[0]["flow"][0][:, 0::2, 0, 0] * 0.226 + 0.5) * 255
     assert raw.round().tolist() == [[0, 10, 20, 20, 20]] * 2
 
 
 def test_training_clips_share_crop_and_offsets(tmp_path):
     ann, caches = make_video(tmp_path, frames=20)
-    ds = VideoClips(ann, ClipConfig(segments=4, scale_size=32, crop_size=24), train=True,
-                    modalities=("flow", "rgb"), caches=caches)  # fmt: skip
+    ds = VideoClips(
+        ann,
+        ClipConfig(segments=4, scale_size=32, crop_size=24),
+        train=True,
+        modalities=("flow", "rgb"),
+        caches=caches,
+    )
     for epoch in range(5):
         ds.set_epoch(epoch)
         sample = ds[0]

@@ -39,9 +39,10 @@ def test_sharded_batches_are_slices_of_the_single_process_batches(n, batch_size)
     for epoch in range(3):
         single = [
             b.tolist()
-            for b in DataLoader(range(n), batch_size=batch_size, shuffle=True,
-                                generator=epoch_generator(7, epoch))
-        ]  # fmt: skip
+            for b in DataLoader(
+                range(n), batch_size=batch_size, shuffle=True, generator=epoch_generator(7, epoch)
+            )
+        ]
         one = ShardedBatches(n, batch_size, seed=7, epoch=epoch, rank=0, size=1)
         assert list(one) == single and len(one) == len(single)
         for size in (2, 3):
@@ -52,8 +53,9 @@ def test_sharded_batches_are_slices_of_the_single_process_batches(n, batch_size)
             kept = [b for b in single if len(b) >= size]  # every process must step
             assert [sum(parts, []) for parts in zip(*ranks, strict=True)] == kept
             assert all(len(r) == len(kept) for r in ranks)
-            assert len(ShardedBatches(n, batch_size, seed=7, epoch=epoch, rank=0, size=size)) \
-                == len(kept)  # fmt: skip
+            assert len(
+                ShardedBatches(n, batch_size, seed=7, epoch=epoch, rank=0, size=size)
+            ) == len(kept)
 
 
 def test_shard_indices_cover_the_dataset_in_order():
@@ -97,8 +99,14 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _mml(root: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "mml", *args, "--quiet"], cwd=root,
-                          env=_env(root), capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "mml", *args, "--quiet"],
+        cwd=root,
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -116,16 +124,23 @@ def single_run(tmp_path_factory, tiny_dataset) -> Path:
 
 def _assert_same_training(single: dict, ddp: dict) -> None:
     for k, (one, two) in enumerate(zip(single["members"], ddp["members"], strict=True)):
-        diff = sum(((one["model"][n] - two["model"][n]) ** 2).sum() for n in one["model"]
-                   if one["model"][n].is_floating_point())  # fmt: skip
-        scale = sum((one["model"][n] ** 2).sum() for n in one["model"]
-                    if one["model"][n].is_floating_point())  # fmt: skip
+        diff = sum(
+            ((one["model"][n] - two["model"][n]) ** 2).sum()
+            for n in one["model"]
+            if one["model"][n].is_floating_point()
+        )
+        scale = sum(
+            (one["model"][n] ** 2).sum()
+            for n in one["model"]
+            if one["model"][n].is_floating_point()
+        )
         assert (diff / scale).sqrt() < 1e-5, f"model {k}: weights differ"
         assert len(one["history"]) == len(two["history"]) == 2
         for a, b in zip(one["history"], two["history"], strict=True):
             assert a.keys() == b.keys()
-            np.testing.assert_allclose([b[m] for m in a], [a[m] for m in a], rtol=1e-5,
-                                       err_msg=f"model {k}")  # fmt: skip
+            np.testing.assert_allclose(
+                [b[m] for m in a], [a[m] for m in a], rtol=1e-5, err_msg=f"model {k}"
+            )
 
 
 def test_train_nproc_2_matches_one_process_and_only_rank_0_writes(
@@ -156,8 +171,9 @@ def test_killed_ddp_training_resumes_under_torchrun(single_run, tmp_path, tiny_d
     root = _project(tmp_path / "ddp", tiny_dataset)
     last = root / "checkpoints/ml/last.pt"
     first = [sys.executable, "-m", "mml", "train", "ml", "-S", "compute.nproc=2", "--quiet"]
-    process = subprocess.Popen(first, cwd=root, env=_env(root), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        first, cwd=root, env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not (last.exists() and _epoch(last) >= 1):
         assert process.poll() is None, "training ended before it could be killed"
@@ -171,8 +187,9 @@ def test_killed_ddp_training_resumes_under_torchrun(single_run, tmp_path, tiny_d
     psutil.wait_procs(tree, timeout=30)
     assert _epoch(last) == 1
     cmd = [*TORCHRUN, "--nproc-per-node=2", "-m", "mml", "train", "ml", "--quiet"]
-    done = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resuming after epoch 1" in done.stderr
     _assert_same_training(_last(single_run), _last(root))

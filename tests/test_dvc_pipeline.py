@@ -21,14 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "synth": {"num_classes": 3, "train_per_class": 3, "val_per_class": 2, "frames": [8, 10],
-              "height": 32, "width": 32},
+    "synth": {
+        "num_classes": 3,
+        "train_per_class": 3,
+        "val_per_class": 2,
+        "frames": [8, 10],
+        "height": 32,
+        "width": 32,
+    },
     "clip": {"segments": 2, "scale_size": 32, "crop_size": 28},
     "loader": {"batch_size": 4, "workers": 0},
     "cache": {"flow_algorithm": "dis"},
     "train": {"epochs": 1},
     "evaluate": {"batch_size": 4},
-}  # fmt: skip
+}
 
 
 def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,8 +88,11 @@ def stand_in(root: Path, dataset: str) -> Path:
     here = repo / "pipelines" / dataset
     # small models of the pipeline's family: checkpoint I/O of R50s dominated this test
     small = {"ssv2": "tsm_mobilenet_v2", "charades": "i3d_resnet18"}[dataset]
-    tiny_params(here / "params.yaml", loader={"batch_size": 4, "workers": 0},
-                model={"arch": small, "width_mult": 0.35})  # fmt: skip
+    tiny_params(
+        here / "params.yaml",
+        loader={"batch_size": 4, "workers": 0},
+        model={"arch": small, "width_mult": 0.35},
+    )
     raw = here / "data" / "raw" / dataset
     if dataset == "ssv2":  # labels.json, train.json, validation.json, videos/<id>.webm
         generate(raw, TINY_SPEC)
@@ -110,10 +119,11 @@ def repos(tmp_path_factory) -> dict[str, Path]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # each project's own store: sqlite:///mlruns/mlflow.db
     started = {
-        name: subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+        name: subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for name, (cwd, args) in jobs.items()
-    }  # fmt: skip
+    }
     outputs = {name: process.communicate()[0] for name, process in started.items()}
     for name, process in started.items():
         assert process.returncode == 0, f"dvc repro of {name} failed:\n{outputs[name]}"
@@ -136,8 +146,13 @@ def test_repro_runs_every_stage_and_tracks_them(pipeline):
     ensembles = json.loads((pipeline / "metrics/ensembles.json").read_text())
     assert {len(e["members"]) for e in ensembles["ensembles"]} == {2, 3}
     summary = (pipeline / "reports/summary.md").read_text()
-    for title in ("Tab. 1", "MARS and D3D", "Mutual Learning", "Mutual Modality Learning",
-                  "Ensembles"):  # fmt: skip
+    for title in (
+        "Tab. 1",
+        "MARS and D3D",
+        "Mutual Learning",
+        "Mutual Modality Learning",
+        "Ensembles",
+    ):
         assert title in summary
     client = MlflowClient(f"sqlite:///{pipeline / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mml-synthetic")
@@ -186,8 +201,9 @@ def test_dvc_exp_run_sets_a_stage_param(pipeline):
     assert "0.5" in shown
 
 
-TINY_SPEC = SynthSpec(seed=4, train_per_class=2, val_per_class=1, frames=(8, 10), height=32,
-                      width=32, num_classes=3)  # fmt: skip
+TINY_SPEC = SynthSpec(
+    seed=4, train_per_class=2, val_per_class=1, frames=(8, 10), height=32, width=32, num_classes=3
+)
 
 
 @pytest.mark.parametrize("dataset", ["ssv2", "charades"])

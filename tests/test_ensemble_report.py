@@ -21,8 +21,14 @@ def write_npz(root, ref: str, modality: str, scores, ids=("1", "2", "3", "4"), t
     stage, k = ref.split(".")
     path = root / "predictions" / stage / f"{k}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, scores=np.array(scores, dtype=float), targets=np.array(targets),
-             ids=np.array(ids), classes=CLASSES, modality=np.array(modality))  # fmt: skip
+    np.savez(
+        path,
+        scores=np.array(scores, dtype=float),
+        targets=np.array(targets),
+        ids=np.array(ids),
+        classes=CLASSES,
+        modality=np.array(modality),
+    )
 
 
 @pytest.fixture
@@ -41,8 +47,14 @@ def predictions(project):
         "4": [0.9, 0.05, 0.05],
     }
     order = ["4", "3", "2", "1"]
-    write_npz(project, "flow_b.0", "flow", [flow[i] for i in order], ids=order,
-              targets=[TARGETS[int(i) - 1] for i in order])  # fmt: skip
+    write_npz(
+        project,
+        "flow_b.0",
+        "flow",
+        [flow[i] for i in order],
+        ids=order,
+        targets=[TARGETS[int(i) - 1] for i in order],
+    )
     write_npz(project, "rgb_c.0", "rgb", [[0.1, 0.1, 0.8]] * 4)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["ensemble"] = {"candidates": ["rgb_a.0", "flow_b.0", "rgb_c.0"], "sizes": [2, 3]}
@@ -92,14 +104,21 @@ def set_ensemble(project, **ensemble) -> None:
 def test_ensemble_writes_the_tab13_table_and_logs_it(predictions):
     mml("ensemble")
     md = (predictions / "metrics/ensembles.md").read_text()
-    singles = ["| `flow_b.0` | flow | 50.00 | 100.00 |", "| `rgb_a.0` | rgb | 50.00 | 100.00 |",
-               "| `rgb_c.0` | rgb | 25.00 | 100.00 |"]  # fmt: skip
+    singles = [
+        "| `flow_b.0` | flow | 50.00 | 100.00 |",
+        "| `rgb_a.0` | rgb | 50.00 | 100.00 |",
+        "| `rgb_c.0` | rgb | 25.00 | 100.00 |",
+    ]
     # gain over the best member: 100 - 50; flow_b + rgb_c: 50 - 50
-    ranked = ["| 1 | `rgb_a.0` + `flow_b.0` | rgb + flow | 100.00 | 100.00 | +50.00 |",
-              "| 2 | `flow_b.0` + `rgb_c.0` | flow + rgb | 50.00 | 100.00 | +0.00 |"]  # fmt: skip
+    ranked = [
+        "| 1 | `rgb_a.0` + `flow_b.0` | rgb + flow | 100.00 | 100.00 | +50.00 |",
+        "| 2 | `flow_b.0` + `rgb_c.0` | flow + rgb | 50.00 | 100.00 | +0.00 |",
+    ]
     # flow_b and rgb_a tie at 50: the smaller ref starts; no third modality: it stops at two
-    greedy = ["| 1 | `flow_b.0` | `flow_b.0` | 50.00 | 100.00 | – |",
-              "| 2 | `rgb_a.0` | `flow_b.0` + `rgb_a.0` | 100.00 | 100.00 | +50.00 |"]  # fmt: skip
+    greedy = [
+        "| 1 | `flow_b.0` | `flow_b.0` | 50.00 | 100.00 | – |",
+        "| 2 | `rgb_a.0` | `flow_b.0` + `rgb_a.0` | 100.00 | 100.00 | +50.00 |",
+    ]
     rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r for r in rows if r in singles + ranked + greedy] == singles + ranked + greedy
     assert len(rows) == 3 + len(singles) + len(ranked) + len(greedy)  # + one header per table

@@ -28,8 +28,12 @@ from mml.data.dataset import load_split
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mml", *args, "--quiet"], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "mml", *args, "--quiet"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> bool:

@@ -51,8 +51,9 @@ def test_mml_trains_three_modalities_on_aligned_clips_and_relaunches(workdir):
     project = workdir
     three = [{"modality": m, "init": "rgb_ce.0"} for m in ("rgb", "flow", "diff")]
     relaunch = [{"modality": "rgb", "init": "mml.0"}, {"modality": "flow", "init": "mml.1"}]
-    set_stages(project, mml={"method": "mml", "models": three},
-               again={"method": "mml", "models": relaunch})  # fmt: skip
+    set_stages(
+        project, mml={"method": "mml", "models": three}, again={"method": "mml", "models": relaunch}
+    )
     mml("train", "mml")
     _, parents, children = runs("mml")
     assert len(parents) == 1 and len(children) == 3
@@ -99,8 +100,9 @@ def test_joint_step_updates_every_model_with_its_own_gradient(workdir):
 
 def test_i3d_backbone_trains_with_mutual_learning(workdir):
     two = [RGB, {"modality": "flow", "init": "scratch"}]
-    set_stages(workdir, i3d={"method": "mml", "models": two,
-                             "overrides": {"model.arch": "i3d_resnet18"}})  # fmt: skip
+    set_stages(
+        workdir, i3d={"method": "mml", "models": two, "overrides": {"model.arch": "i3d_resnet18"}}
+    )
     mml("train", "i3d")
     payload = torch.load(workdir / "checkpoints/i3d/1.pt", weights_only=True)
     assert payload["meta"]["model"]["arch"] == "i3d_resnet18"
@@ -189,9 +191,14 @@ def test_multilabel_charades_format_trains_with_bce_kl_mean_and_map(project):
     """The Charades-like variant: `mml data synth` writes it, ML trains on it, mAP is reported."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["synth"].update(multilabel=True, actions=[1, 2], train_per_class=2, val_per_class=1)
-    params["dataset"] = {"name": "tiny", "format": "charades", "root": "charades",
-                         "labels": "Charades_v1_classes.txt", "train": "Charades_v1_train.csv",
-                         "val": "Charades_v1_test.csv"}  # fmt: skip
+    params["dataset"] = {
+        "name": "tiny",
+        "format": "charades",
+        "root": "charades",
+        "labels": "Charades_v1_classes.txt",
+        "train": "Charades_v1_train.csv",
+        "val": "Charades_v1_test.csv",
+    }
     params["train"]["epochs"] = 1
     params["stages"] = {"ml": {"method": "ml", "models": [RGB, RGB]}}
     (project / "params.yaml").write_text(yaml.safe_dump(params))

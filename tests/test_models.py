@@ -79,8 +79,9 @@ def test_resnet101_shifts_every_other_block_and_mobilenet_builds():
     mobile = tsm_mobilenet_v2(num_classes=3, in_channels=10, width_mult=0.5).eval()
     assert mobile(torch.randn(1, 2, 10, 32, 32)).shape == (1, 3)
     with pytest.raises(ValueError, match="width_mult"):
-        tsm_mobilenet_v2(num_classes=3, width_mult=0.5,
-                         weights=torchvision.models.MobileNet_V2_Weights.DEFAULT)  # fmt: skip
+        tsm_mobilenet_v2(
+            num_classes=3, width_mult=0.5, weights=torchvision.models.MobileNet_V2_Weights.DEFAULT
+        )
 
 
 def test_partial_bn_freezes_all_but_first_bn():
@@ -104,8 +105,9 @@ def _save_stage_model(tmp_path, model, modality: str, classes: int):
     from mml.models.factory import model_meta
 
     meta = model_meta(ModelConfig(arch="tsm_resnet18"), model, modality)
-    checkpoint.save(tmp_path / "src" / "0.pt", {"format": 1, "state_dict": model.state_dict(),
-                                                "meta": meta})  # fmt: skip
+    checkpoint.save(
+        tmp_path / "src" / "0.pt", {"format": 1, "state_dict": model.state_dict(), "meta": meta}
+    )
 
 
 def test_rgb_model_and_its_adapted_copy_agree_on_grey_input():

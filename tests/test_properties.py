@@ -27,15 +27,21 @@ from mml.data.annotations import (
     write_ssv2,
 )
 
-FAST = settings(max_examples=60, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 KNOWN_KEYS = sorted(Params().flat())  # every real dotted key, e.g. train.lr
 yaml_values = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-    st.text(max_size=12), st.lists(st.integers(-5, 5), max_size=3),
-    st.dictionaries(st.text(string.ascii_lowercase, min_size=1, max_size=5), st.integers(),
-                    max_size=2),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-5, 5), max_size=3),
+    st.dictionaries(
+        st.text(string.ascii_lowercase, min_size=1, max_size=5), st.integers(), max_size=2
+    ),
+)
 keys = st.one_of(
     st.sampled_from(KNOWN_KEYS),
     st.sampled_from(KNOWN_KEYS).map(lambda k: k + "x"),  # a typo
@@ -85,11 +91,12 @@ def test_the_cli_never_shows_a_traceback_for_bad_params(params_file, key, value)
 
 json_like = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.sampled_from(["id", "template", "label", "x"]),
-                                            inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.sampled_from(["id", "template", "label", "x"]), inner, max_size=3),
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 
 @FAST
@@ -139,8 +146,12 @@ escaping = st.sampled_from(["..", "../x", "a/../../b", "/etc/passwd", "a/b", "..
 @given(bad=escaping)
 def test_ids_that_would_leave_the_data_root_are_refused(tmp_path_factory, bad):
     root = tmp_path_factory.mktemp("escape")
-    write_ssv2(["a"], [{"id": bad, "template": "a", "label": "x", "placeholders": []}],
-               root / "labels.json", root / "val.json")  # fmt: skip
+    write_ssv2(
+        ["a"],
+        [{"id": bad, "template": "a", "label": "x", "placeholders": []}],
+        root / "labels.json",
+        root / "val.json",
+    )
     with pytest.raises(AnnotationError, match="escapes the data root"):
         read_ssv2(root / "labels.json", root / "val.json", root / "videos")
     write_charades(["a"], [{"id": bad, "actions": [(0, 0.0, 1.0)]}], root / "s.csv", root / "c.txt")
@@ -149,19 +160,26 @@ def test_ids_that_would_leave_the_data_root_are_refused(tmp_path_factory, bad):
 
 
 class_names = st.lists(
-    st.text(st.characters(blacklist_categories=["Cs", "Cc", "Zl", "Zp"],
-                          blacklist_characters="[]"), min_size=1, max_size=16)
-    .map(str.strip).filter(bool),
-    min_size=1, max_size=5, unique=True,
-)  # fmt: skip
+    st.text(
+        st.characters(blacklist_categories=["Cs", "Cc", "Zl", "Zp"], blacklist_characters="[]"),
+        min_size=1,
+        max_size=16,
+    )
+    .map(str.strip)
+    .filter(bool),
+    min_size=1,
+    max_size=5,
+    unique=True,
+)
 
 
 @FAST
 @given(names=class_names)
 def test_unicode_and_comma_class_names_survive_round_trips(tmp_path_factory, names):
     root = tmp_path_factory.mktemp("names")
-    entries = [{"id": str(i), "template": n, "label": n, "placeholders": []}
-               for i, n in enumerate(names)]  # fmt: skip
+    entries = [
+        {"id": str(i), "template": n, "label": n, "placeholders": []} for i, n in enumerate(names)
+    ]
     write_ssv2(names, entries, root / "labels.json", root / "val.json")
     ann = read_ssv2(root / "labels.json", root / "val.json", root / "videos")
     assert ann.classes == tuple(names)

@@ -34,9 +34,12 @@ from mml.data.video import read_frames, write_video
 STAGES = {
     "rgb_ce": {"method": "ce", "models": [{"modality": "rgb", "init": "scratch"}]},
     "flow_ce": {"method": "ce", "models": [{"modality": "flow", "init": "scratch"}]},
-    "rgb_b": {"method": "ce", "models": [{"modality": "rgb", "init": "scratch"}],
-              "overrides": {"seed": 7}},
-}  # fmt: skip
+    "rgb_b": {
+        "method": "ce",
+        "models": [{"modality": "rgb", "init": "scratch"}],
+        "overrides": {"seed": 7},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +187,16 @@ def test_predict_handles_any_video_and_reports_broken_ones(promoted, odd_videos)
 
 def test_predict_with_the_ensemble_computes_flow_itself(promoted, odd_videos):
     _, videos, _ = odd_videos
-    result = runner.invoke(app, ["predict", str(videos["single"]), str(videos["portrait"]),
-                                 "--model", "models:/mml-tiny-ensemble@champion"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(videos["single"]),
+            str(videos["portrait"]),
+            "--model",
+            "models:/mml-tiny-ensemble@champion",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("probability") == 2  # one table per video
 
@@ -201,13 +212,25 @@ def test_live_inputs_are_the_evaluation_inputs(promoted):
     ann = load_split(params.dataset, "val")
     plan = ViewPlan(1, 2)
     for modality in ("rgb", "flow"):
-        clips = VideoClips(ann, params.clip, train=False, views=plan, modalities=[modality],
-                           caches=stage_caches(params, [modality]))  # fmt: skip
+        clips = VideoClips(
+            ann,
+            params.clip,
+            train=False,
+            views=plan,
+            modalities=[modality],
+            caches=stage_caches(params, [modality]),
+        )
         for index in range(2):
             expected = clips[index][modality]
-            got = view_inputs(ann.records[index].path, modality, params.clip, plan,
-                              short_side=None, flow_algorithm=params.cache.flow_algorithm,
-                              flow_bound=params.cache.flow_bound)  # fmt: skip
+            got = view_inputs(
+                ann.records[index].path,
+                modality,
+                params.clip,
+                plan,
+                short_side=None,
+                flow_algorithm=params.cache.flow_algorithm,
+                flow_bound=params.cache.flow_bound,
+            )
             assert got.shape == expected.shape
             if modality == "rgb":
                 assert np.array_equal(got.numpy(), expected.numpy())
@@ -221,18 +244,35 @@ def test_mlflow_models_serve_answers_a_scoring_request(promoted, odd_videos):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     server = subprocess.Popen(
-        [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", "models:/mml-tiny-rgb@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            str(Path(bin_dir) / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/mml-tiny-rgb@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server)
-        body = {"dataframe_records": [{"video": str(source)}, {"video": str(broken[1])}],
-                "params": {"top_k": 2}}  # fmt: skip
+        body = {
+            "dataframe_records": [{"video": str(source)}, {"video": str(broken[1])}],
+            "params": {"top_k": 2},
+        }
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             predictions = json.loads(response.read())["predictions"]
     finally:

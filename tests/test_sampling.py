@@ -92,18 +92,26 @@ def test_mixed_sampling_uses_mix_probability():
     dense_share = np.mean(kinds)
     assert 0.6 < dense_share < 0.8  # P(dense) = 0.7
     for mix, dense in ((1.0, 0.0), (0.0, 1.0)):
-        share = np.mean([
-            bool((np.diff(train_indices(64, 8, 2, sampling="mixed", mix=mix, rng=rng)) == 2).all())
-            for _ in range(50)
-        ])  # fmt: skip
+        share = np.mean(
+            [
+                bool(
+                    (
+                        np.diff(train_indices(64, 8, 2, sampling="mixed", mix=mix, rng=rng)) == 2
+                    ).all()
+                )
+                for _ in range(50)
+            ]
+        )
         assert share <= 0.1 if dense == 0.0 else share == 1.0
     with pytest.raises(ValueError, match="unknown sampling"):
         train_indices(64, 8, 2, sampling="random", mix=0.5, rng=rng)
 
 
 def test_same_seed_same_plan():
-    a = [train_indices(50, 8, 4, sampling="mixed", mix=0.5, rng=np.random.default_rng(7))
-         for _ in range(3)]  # fmt: skip
+    a = [
+        train_indices(50, 8, 4, sampling="mixed", mix=0.5, rng=np.random.default_rng(7))
+        for _ in range(3)
+    ]
     assert all((x == a[0]).all() for x in a)
 
 

@@ -23,11 +23,20 @@ from mml.data.synth_charades import (
 )
 from mml.data.video import num_frames, probe
 
-TINY = SynthSpec(seed=5, train_per_class=2, val_per_class=1, frames=(6, 8), height=32, width=32,
-                 num_classes=5, distractors=1)  # fmt: skip
+TINY = SynthSpec(
+    seed=5,
+    train_per_class=2,
+    val_per_class=1,
+    frames=(6, 8),
+    height=32,
+    width=32,
+    num_classes=5,
+    distractors=1,
+)
 ACTIONS = (1, 3)
-CHARADES = DatasetConfig(format="charades", labels=CLASSES_FILE, train=TRAIN_FILE, val=VAL_FILE,
-                         ext=".webm")  # fmt: skip
+CHARADES = DatasetConfig(
+    format="charades", labels=CLASSES_FILE, train=TRAIN_FILE, val=VAL_FILE, ext=".webm"
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +141,16 @@ def test_each_object_does_its_own_class_motion(seed):
     plan = plan_multilabel_video(class_ids, rng, MOTION)
     assert plan.class_ids == tuple(class_ids) and len(set(plan.targets)) == len(class_ids)
     assert 8 <= len(plan.tracks) <= 8 + MOTION.distractors
-    expected = {0: ("x", 1), 1: ("x", -1), 2: ("y", -1), 3: ("y", 1), 4: ("radius", 1),
-                5: ("radius", -1), 6: ("opacity", 1), 7: ("opacity", -1)}  # fmt: skip
+    expected = {
+        0: ("x", 1),
+        1: ("x", -1),
+        2: ("y", -1),
+        3: ("y", 1),
+        4: ("radius", 1),
+        5: ("radius", -1),
+        6: ("opacity", 1),
+        7: ("opacity", -1),
+    }
     for c, target in zip(plan.class_ids, plan.targets, strict=True):
         field, sign = expected[c]
         assert _trend(getattr(plan.tracks[target], field)) == sign, (c, field)

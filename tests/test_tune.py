@@ -39,12 +39,29 @@ def tune_project(project):
 @pytest.mark.parametrize("storage", ["journal", "rdb"])
 def test_two_workers_share_one_study_without_duplicates(tune_project, storage):
     """Two processes, one study: a journal file (the default) or an RDB (SQLAlchemy URL)."""
-    url = (str(tune_project / "optuna/tiny.journal") if storage == "journal"
-           else f"sqlite:///{tune_project / 'optuna.db'}")  # fmt: skip
-    cmd = [sys.executable, "-m", "mml", "tune", "rgb_ml", "--trials", "4", "--quiet",
-           "--storage", url]  # fmt: skip
-    workers = [subprocess.Popen(cmd, cwd=tune_project, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    url = (
+        str(tune_project / "optuna/tiny.journal")
+        if storage == "journal"
+        else f"sqlite:///{tune_project / 'optuna.db'}"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mml",
+        "tune",
+        "rgb_ml",
+        "--trials",
+        "4",
+        "--quiet",
+        "--storage",
+        url,
+    ]
+    workers = [
+        subprocess.Popen(
+            cmd, cwd=tune_project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
 
@@ -94,8 +111,9 @@ def test_two_workers_share_one_study_without_duplicates(tune_project, storage):
 
 def test_sampling_depends_on_seed_and_trial_number_only():
     def draws(seed: int) -> list[dict]:
-        study = optuna.create_study(sampler=TrialSeededTPE(seed, n_startup_trials=3),
-                                    direction="maximize")  # fmt: skip
+        study = optuna.create_study(
+            sampler=TrialSeededTPE(seed, n_startup_trials=3), direction="maximize"
+        )
         study.optimize(lambda t: -((t.suggest_float("x", 0, 1) - 0.3) ** 2), n_trials=6)
         return [t.params for t in study.trials]
 

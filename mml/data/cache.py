@@ -157,10 +157,11 @@ def _build_all(
     ) as pool:
         kind = settings["kind"]
         futures = {
-            pool.submit(_build_one, str(r.path), str(cache_path(cache_dir, r.id)), kind,
-                        algorithm, bound): r.id
+            pool.submit(
+                _build_one, str(r.path), str(cache_path(cache_dir, r.id)), kind, algorithm, bound
+            ): r.id
             for r in todo
-        }  # fmt: skip
+        }
         with progress_bar(f"{settings['kind']} cache", len(todo), show_progress) as advance:
             for future in as_completed(futures):
                 error = future.result()

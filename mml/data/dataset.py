@@ -137,8 +137,10 @@ class VideoClips(Dataset):
             raise CacheError(f"video {record.id}: modality sizes differ {sizes}; rebuild caches")
         h, w = sizes[self.modalities[0]]
         crop = self._crop(h, w, rng)
-        return {m: to_input(m, transforms.apply_crop(x, crop, c.crop_size), crop.flip)
-                for m, x in raw.items()}  # fmt: skip
+        return {
+            m: to_input(m, transforms.apply_crop(x, crop, c.crop_size), crop.flip)
+            for m, x in raw.items()
+        }
 
     def _read(self, record: VideoRecord, modality: str, plan: np.ndarray, count: int) -> np.ndarray:
         """uint8 (*plan.shape, H, W, C): RGB frames, or stacks of 5 cached fields/differences."""
@@ -158,9 +160,15 @@ class VideoClips(Dataset):
         c = self.clip
         if self.train:
             crop = transforms.multiscale_crop(
-                h, w, scale_size=c.scale_size, crop_size=c.crop_size, scales=c.scales,
-                max_distort=c.max_distort, flip=c.flip, rng=rng,
-            )  # fmt: skip
+                h,
+                w,
+                scale_size=c.scale_size,
+                crop_size=c.crop_size,
+                scales=c.scales,
+                max_distort=c.max_distort,
+                flip=c.flip,
+                rng=rng,
+            )
             return crop
         return transforms.center_crop(h, w, scale_size=c.scale_size, crop_size=c.crop_size)
 

@@ -74,5 +74,6 @@ def _motion_stacks(path, modality, plan, count, short_side, algorithm, bound) ->
             fields[f] = quantize_flow(compute_flow(pair, algorithm), bound)[0]
         else:
             fields[f] = quantize_diff(rgb_diff(pair))[0]
-    return stack_fields(lambda idx: np.stack([fields[int(i)] for i in idx]), num_fields, plan,
-                        modality)  # fmt: skip
+    return stack_fields(
+        lambda idx: np.stack([fields[int(i)] for i in idx]), num_fields, plan, modality
+    )

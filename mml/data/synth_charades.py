@@ -98,9 +98,18 @@ def plan_multilabel_video(
     targets = tuple(order.index(i) for i in range(len(class_ids)))
     noise_seed = int(rng.integers(2**63))
     return MultiLabelPlan(
-        class_ids[0], h, w, background, shifts, tuple(tracks[i] for i in order), targets[0],
-        spec.noise, noise_seed, class_ids=class_ids, targets=targets,
-    )  # fmt: skip
+        class_ids[0],
+        h,
+        w,
+        background,
+        shifts,
+        tuple(tracks[i] for i in order),
+        targets[0],
+        spec.noise,
+        noise_seed,
+        class_ids=class_ids,
+        targets=targets,
+    )
 
 
 def _suffix(codec: str) -> str:
@@ -112,9 +121,13 @@ def _suffix(codec: str) -> str:
 def check_dataset_config(dataset: DatasetConfig, source: str, codec: str = "vp9") -> None:
     """Raise ConfigError unless `dataset` reads what `generate` writes (with `codec`)."""
     expected = {
-        "format": "charades", "labels": CLASSES_FILE, "train": TRAIN_FILE, "val": VAL_FILE,
-        "video_dir": "videos", "ext": _suffix(codec),
-    }  # fmt: skip
+        "format": "charades",
+        "labels": CLASSES_FILE,
+        "train": TRAIN_FILE,
+        "val": VAL_FILE,
+        "video_dir": "videos",
+        "ext": _suffix(codec),
+    }
     wrong = [(k, getattr(dataset, k), v) for k, v in expected.items() if getattr(dataset, k) != v]
     if wrong:
         found = ", ".join(f"dataset.{k} is {got!r}" for k, got, _ in wrong)
@@ -156,9 +169,13 @@ def _make_video(task: tuple[SynthSpec, int, tuple[int, ...], Path, bool]) -> flo
 
 def _spec_json(spec: SynthSpec, actions: tuple[int, int]) -> dict:
     return {
-        "synth_version": VERSION, "renderer_version": SYNTH_VERSION, "variant": "charades",
-        "actions": list(actions), **asdict(spec), "frames": list(spec.frames),
-    }  # fmt: skip
+        "synth_version": VERSION,
+        "renderer_version": SYNTH_VERSION,
+        "variant": "charades",
+        "actions": list(actions),
+        **asdict(spec),
+        "frames": list(spec.frames),
+    }
 
 
 def generate(

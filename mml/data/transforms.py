@@ -65,6 +65,7 @@ def multiscale_crop(
 def _fixed_offsets(height: int, width: int, ch: int, cw: int) -> list[tuple[int, int]]:
     """TSN's 'more_fix_crop' positions: corners, centre, edge midpoints, quarter points."""
     ys, xs = (height - ch) // 4, (width - cw) // 4
+    # rows: corners + centre, edge midpoints, quarter points; (y, x) in quarters of the slack
     grid = [
         (0, 0), (0, 4), (4, 0), (4, 4), (2, 2),
         (2, 0), (2, 4), (0, 2), (4, 2),

@@ -134,27 +134,51 @@ def _tsm_resnet(
     return TSM(trunk, net.fc.in_features, num_classes, dropout=dropout, partial_bn=partial_bn)
 
 
-def tsm_resnet18(num_classes: int, in_channels: int = 3, shift_div: int = 8, weights=None,
-                 dropout: float = 0.5, partial_bn: bool = False) -> TSM:  # fmt: skip
+def tsm_resnet18(
+    num_classes: int,
+    in_channels: int = 3,
+    shift_div: int = 8,
+    weights=None,
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+) -> TSM:
     """TSM on ResNet-18 (weights: torchvision ResNet18_Weights member or None)."""
     return _tsm_resnet(18, num_classes, in_channels, shift_div, weights, dropout, partial_bn)
 
 
-def tsm_resnet50(num_classes: int, in_channels: int = 3, shift_div: int = 8, weights=None,
-                 dropout: float = 0.5, partial_bn: bool = False) -> TSM:  # fmt: skip
+def tsm_resnet50(
+    num_classes: int,
+    in_channels: int = 3,
+    shift_div: int = 8,
+    weights=None,
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+) -> TSM:
     """TSM on ResNet-50 (weights: torchvision ResNet50_Weights member or None)."""
     return _tsm_resnet(50, num_classes, in_channels, shift_div, weights, dropout, partial_bn)
 
 
-def tsm_resnet101(num_classes: int, in_channels: int = 3, shift_div: int = 8, weights=None,
-                  dropout: float = 0.5, partial_bn: bool = False) -> TSM:  # fmt: skip
+def tsm_resnet101(
+    num_classes: int,
+    in_channels: int = 3,
+    shift_div: int = 8,
+    weights=None,
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+) -> TSM:
     """TSM on ResNet-101 (weights: torchvision ResNet101_Weights member or None)."""
     return _tsm_resnet(101, num_classes, in_channels, shift_div, weights, dropout, partial_bn)
 
 
-def tsm_mobilenet_v2(num_classes: int, in_channels: int = 3, shift_div: int = 8, weights=None,
-                     width_mult: float = 1.0, dropout: float = 0.5,
-                     partial_bn: bool = False) -> TSM:  # fmt: skip
+def tsm_mobilenet_v2(
+    num_classes: int,
+    in_channels: int = 3,
+    shift_div: int = 8,
+    weights=None,
+    width_mult: float = 1.0,
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+) -> TSM:
     """TSM on MobileNetV2: shift before the first conv of each residual inverted block."""
     if weights is not None and width_mult != 1.0:
         raise ValueError(f"ImageNet weights exist only for width_mult=1.0, not {width_mult}")

@@ -125,13 +125,25 @@ def _i3d_resnet(
     return I3D(trunk, net.fc.in_features, num_classes, dropout=dropout, partial_bn=partial_bn)
 
 
-def i3d_resnet18(num_classes: int, in_channels: int = 3, shift_div: int = 8, weights=None,
-                 dropout: float = 0.5, partial_bn: bool = False) -> I3D:  # fmt: skip
+def i3d_resnet18(
+    num_classes: int,
+    in_channels: int = 3,
+    shift_div: int = 8,
+    weights=None,
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+) -> I3D:
     """I3D on ResNet-18 (weights: ResNet18_Weights member or None; shift_div is unused)."""
     return _i3d_resnet(18, num_classes, in_channels, weights, dropout, partial_bn)
 
 
-def i3d_resnet50(num_classes: int, in_channels: int = 3, shift_div: int = 8, weights=None,
-                 dropout: float = 0.5, partial_bn: bool = False) -> I3D:  # fmt: skip
+def i3d_resnet50(
+    num_classes: int,
+    in_channels: int = 3,
+    shift_div: int = 8,
+    weights=None,
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+) -> I3D:
     """I3D on ResNet-50 (weights: ResNet50_Weights member or None; shift_div is unused)."""
     return _i3d_resnet(50, num_classes, in_channels, weights, dropout, partial_bn)
