@@ -113,6 +113,7 @@ def test_cached_diff_equals_quantised_diff_of_the_decoded_frames(videos, tmp_pat
     np.testing.assert_array_equal(open_cached(tmp_path, "v0"), quantize_diff(rgb_diff(frames)))
 
 
+@pytest.mark.slow
 def test_changing_the_bound_invalidates_and_rebuilds(videos, tmp_path):
     build_cache(videos, tmp_path, "flow", algorithm="dis", bound=20, show_progress=False)
     old = np.load(cache_path(tmp_path, "v0"))
@@ -135,6 +136,7 @@ def test_corrupt_video_is_reported_and_the_others_are_built(videos, tmp_path):
     assert not cache_path(out, "bad").exists()
 
 
+@pytest.mark.slow
 def test_parallel_build_is_byte_identical(videos, tmp_path):
     for workers in (1, 2):
         build_cache(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mml.config import ClipConfig
@@ -80,6 +81,7 @@ def rgb_training_frames(tmp_path, frames: int, modalities: tuple[str, ...]) -> l
     return seen
 
 
+@pytest.mark.slow
 def test_rgb_training_clips_do_not_depend_on_peers_and_match_test_positions(tmp_path):
     """Issue 13: an RGB model trains on the same temporal statistics in a CE stage (RGB alone)
     and in an MML stage with flow and diff, on short and long videos, and those are the

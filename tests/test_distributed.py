@@ -64,6 +64,7 @@ def test_shard_indices_cover_the_dataset_in_order():
         assert sum(parts, []) == list(range(n))
 
 
+@pytest.mark.slow
 def test_ddp_steps_with_synced_batchnorm_equal_one_process(tmp_path):
     """3 ML steps (KL on each shard, uneven shards 3 + 2, BatchNorm in training mode)."""
     out = tmp_path / "ddp.pt"
@@ -143,6 +144,7 @@ def _assert_same_training(single: dict, ddp: dict) -> None:
             )
 
 
+@pytest.mark.slow
 def test_train_nproc_2_matches_one_process_and_only_rank_0_writes(
     single_run, tmp_path, tiny_dataset
 ):
@@ -165,6 +167,7 @@ def test_train_nproc_2_matches_one_process_and_only_rank_0_writes(
             assert client.list_artifacts(run.info.run_id, "checkpoint")
 
 
+@pytest.mark.slow
 def test_killed_ddp_training_resumes_under_torchrun(single_run, tmp_path, tiny_dataset):
     """`mml train` with compute.nproc 2, kill -9 of every process after epoch 1; then
     `torchrun -m mml train` finishes it."""

@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 from mml.data import synth_charades
 from mml.data.synth import SynthSpec, generate
 
+pytestmark = pytest.mark.slow  # git, `dvc repro` and `dvc exp run` in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -71,6 +71,7 @@ def test_combine_aligns_videos_by_id_and_averages_probabilities(predictions):
     assert scores[3] == pytest.approx([0.55, 0.275, 0.175])
 
 
+@pytest.mark.slow
 def test_ensemble_ranks_pairs_with_distinct_modalities(predictions):
     out = mml("ensemble")
     assert "best rgb_a.0 + flow_b.0" in out
@@ -101,6 +102,7 @@ def set_ensemble(project, **ensemble) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+@pytest.mark.slow
 def test_ensemble_writes_the_tab13_table_and_logs_it(predictions):
     mml("ensemble")
     md = (predictions / "metrics/ensembles.md").read_text()
@@ -133,6 +135,7 @@ def test_ensemble_writes_the_tab13_table_and_logs_it(predictions):
     assert run.data.tags["greedy_members"] == "flow_b.0,rgb_a.0"
 
 
+@pytest.mark.slow
 def test_empty_candidates_combine_every_evaluated_model(predictions):
     (predictions / "predictions/rgb_a/notes.txt").write_text("not a prediction")
     set_ensemble(predictions, candidates=[], sizes=[2], distinct_modalities=False)

@@ -56,6 +56,7 @@ def set_params(project: Path, **sections) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_the_same_command_finishes_the_same_run(project):
     set_params(project, train={"epochs": 8})
     mml("train", "rgb_ce")
@@ -83,6 +84,7 @@ def test_kill_9_during_training_then_the_same_command_finishes_the_same_run(proj
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_kill_9_during_cache_building_then_the_same_command_completes_it(project, tmp_path):
     params = load_params(project / "params.yaml")
     records = [r for s in ("train", "val") for r in load_split(params.dataset, s).records]
@@ -112,6 +114,7 @@ def test_kill_9_during_cache_building_then_the_same_command_completes_it(project
     assert not list(cache.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_kill_9_during_promote_then_the_same_command_registers_once(project):
     set_params(project, train={"epochs": 1})
     mml("train", "rgb_ce")
@@ -135,6 +138,7 @@ def test_kill_9_during_promote_then_the_same_command_registers_once(project):
     assert summary["rgb"]["champion_after"] == str(version.version)
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_named_in_a_clear_error(project):
     set_params(project, train={"epochs": 1})
     mml("train", "rgb_ce")

@@ -47,6 +47,7 @@ def set_stages(project, **stages) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+@pytest.mark.slow
 def test_mml_trains_three_modalities_on_aligned_clips_and_relaunches(workdir):
     project = workdir
     three = [{"modality": m, "init": "rgb_ce.0"} for m in ("rgb", "flow", "diff")]
@@ -76,6 +77,7 @@ def test_mml_trains_three_modalities_on_aligned_clips_and_relaunches(workdir):
     assert [report[k]["modality"] for k in "012"] == ["rgb", "flow", "diff"]
 
 
+@pytest.mark.slow
 def test_joint_step_updates_every_model_with_its_own_gradient(workdir):
     """The summed loss's backward gives each model the gradient of its own loss only."""
     two = [{"modality": "rgb", "init": "rgb_ce.0"}, {"modality": "flow", "init": "flow_ce.0"}]
@@ -98,6 +100,7 @@ def test_joint_step_updates_every_model_with_its_own_gradient(workdir):
         assert not torch.equal(m.model.fc.weight, state["fc.weight"]), "an optimizer did not step"
 
 
+@pytest.mark.slow
 def test_i3d_backbone_trains_with_mutual_learning(workdir):
     two = [RGB, {"modality": "flow", "init": "scratch"}]
     set_stages(
@@ -109,6 +112,7 @@ def test_i3d_backbone_trains_with_mutual_learning(workdir):
     assert payload["state_dict"]["backbone.conv1.weight"].shape[1:] == (10, 5, 7, 7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mars", "d3d"])
 def test_distillation_from_a_frozen_flow_teacher(workdir, method):
     project = workdir
@@ -187,6 +191,7 @@ def test_distill_mse_hand_computed_and_multilabel_division():
         distill_mse(student, torch.zeros(2, 3))
 
 
+@pytest.mark.slow
 def test_multilabel_charades_format_trains_with_bce_kl_mean_and_map(project):
     """The Charades-like variant: `mml data synth` writes it, ML trains on it, mAP is reported."""
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -72,6 +72,7 @@ def test_temporal_order_matters():
     assert not torch.allclose(model(x), model(x.flip(1)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resnet101_shifts_every_other_block_and_mobilenet_builds():
     model = tsm_resnet101(num_classes=3)
     shifted = sum(isinstance(m, TemporalShift) for m in model.modules())

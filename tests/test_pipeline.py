@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from mml.cli import app
 from mml.train import Trainer
 
+pytestmark = pytest.mark.slow  # every test trains
+
 runner = CliRunner()
 
 

@@ -31,6 +31,8 @@ from mml.data.live import view_inputs
 from mml.data.sampling import ViewPlan
 from mml.data.video import read_frames, write_video
 
+pytestmark = pytest.mark.slow  # trains, promotes, serves
+
 STAGES = {
     "rgb_ce": {"method": "ce", "models": [{"modality": "rgb", "init": "scratch"}]},
     "flow_ce": {"method": "ce", "models": [{"modality": "flow", "init": "scratch"}]},

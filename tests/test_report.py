@@ -89,6 +89,7 @@ def two_runs(workspace, tmp_path) -> tuple[Path, Path]:
     return workspace, other
 
 
+@pytest.mark.slow
 def test_orderings_table_with_paired_cis_over_two_runs(two_runs):
     workspace, other = two_runs
     out = mml("report", "--also", str(other))
@@ -116,6 +117,7 @@ def test_orderings_table_with_paired_cis_over_two_runs(two_runs):
     assert ml_ce["verdict"] == "not run" and ml_ce["missing"] == ["rgb_ce_re.0"]
 
 
+@pytest.mark.slow
 def test_best_pair_ensemble_is_chosen_per_run(two_runs):
     workspace, other = two_runs
     write_predictions(workspace, "mml.0", "rgb", range(0, 60))
@@ -134,6 +136,7 @@ def test_best_pair_ensemble_is_chosen_per_run(two_runs):
     ) in md
 
 
+@pytest.mark.slow
 def test_top5_is_dropped_below_20_classes_and_tables_come_from_predictions(two_runs):
     workspace, other = two_runs
     mml("report", "--also", str(other))
@@ -148,6 +151,7 @@ def test_top5_is_dropped_below_20_classes_and_tables_come_from_predictions(two_r
     assert metric_keys({"metric": "mAP", "classes": 6}) == ("mAP",)
 
 
+@pytest.mark.slow
 def test_figure_is_written_and_logged_with_the_tables(two_runs):
     workspace, other = two_runs
     mml("report", "--also", str(other))
@@ -160,12 +164,14 @@ def test_figure_is_written_and_logged_with_the_tables(two_runs):
     assert logged == {"report/summary.md", "report/summary.json", "report/comparisons.png"}
 
 
+@pytest.mark.slow
 def test_an_empty_workspace_still_writes_every_output(workspace):
     out = mml("report")
     assert "0 runs" in out and "12 not run" in out
     assert (workspace / "reports/comparisons.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_the_workspace_given_again_counts_once_and_bad_runs_are_named(two_runs):
     workspace, other = two_runs
     assert "2 runs" in mml("report", "--also", ".", "--also", str(other))
@@ -194,6 +200,7 @@ def test_an_ensemble_is_compared_on_the_videos_all_members_predicted(workspace):
     assert row["diff"] == pytest.approx(expected) and row["runs"] == ["workspace"]
 
 
+@pytest.mark.slow
 def test_tables_from_metrics_directories_average_over_runs(workspace, tmp_path):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["stages"] = {
@@ -257,6 +264,7 @@ def test_multilabel_models_are_compared_by_map(workspace):
     assert row["diff"] == pytest.approx(good - bad) and row["verdict"] == "holds"
 
 
+@pytest.mark.slow
 def test_per_class_accuracy_of_each_modality_alone(two_runs):
     workspace, other = two_runs
     mml("report", "--also", str(other))

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from test_dvc_pipeline import REPO, commit, run
 
+pytestmark = pytest.mark.slow  # git, DVC and `dvc exp run` in subprocesses
+
 FAKE_EVALUATE = """
 import numpy as np, yaml
 from pathlib import Path
@@ -61,7 +63,6 @@ def scratch(tmp_path) -> Path:
     return repo
 
 
-@pytest.mark.slow
 def test_seed_study_queues_runs_and_reports_over_the_seeds(scratch):
     script = str(REPO / "benchmarks" / "seed_study.py")
     result = run(

@@ -15,6 +15,8 @@ from test_pipeline import mml
 from mml.config import load_params
 from mml.data.dataset import load_split
 
+pytestmark = pytest.mark.slow  # an `mlflow server` subprocess, training
+
 
 @pytest.fixture
 def mlflow_server(tmp_path):

@@ -36,6 +36,7 @@ def tune_project(project):
     return project
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["journal", "rdb"])
 def test_two_workers_share_one_study_without_duplicates(tune_project, storage):
     """Two processes, one study: a journal file (the default) or an RDB (SQLAlchemy URL)."""
@@ -121,6 +122,7 @@ def test_sampling_depends_on_seed_and_trial_number_only():
     assert draws(1) != draws(2)
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_stops_training_and_is_recorded(tune_project, monkeypatch):
     # a pruner that prunes every trial after its first epoch
     monkeypatch.setattr(
