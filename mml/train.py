@@ -216,10 +216,6 @@ class Trainer:
         optimizer = make_optimizer(model, self.params, fresh_head=spec.init == "imagenet")
         return Member(k, spec.modality, model, optimizer)
 
-    def step(self, batch: Batch, lr: float) -> list[dict[str, float]]:
-        """One optimisation step of every model on `batch` (see `JointStep`)."""
-        return self.joint(batch, lr)
-
     # ---- epochs --------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[list[dict[str, float]], int]:
         """One epoch; per-model mean loss terms over all processes' samples, and skips."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from videos import decode_index_pattern, index_pattern_frames
 
 from mml.config import ClipConfig
 from mml.data.annotations import Annotations, VideoRecord
 from mml.data.dataset import VideoClips, to_input
 from mml.data.sampling import ViewPlan
 from mml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mml.data.video import decode_index_pattern, index_pattern_frames, write_video
+from mml.data.video import write_video
 
 
 def make_video(tmp_path, frames: int):

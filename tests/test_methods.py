@@ -93,7 +93,7 @@ def test_joint_step_updates_every_model_with_its_own_gradient(workdir):
     z_rgb, z_flow = rgb(batch.inputs["rgb"]), flow(batch.inputs["flow"])
     own = task_loss(z_rgb, batch.targets, multilabel=False) + 2.0 * mutual_kl(z_rgb, [z_flow])
     expected = torch.autograd.grad(own, rgb.fc.weight)[0]
-    stats = trainer.step(batch, lr=0.01)
+    stats = trainer.joint(batch, lr=0.01)
     assert torch.allclose(rgb.fc.weight.grad, expected, atol=1e-6)
     assert stats[0]["train/loss"] == pytest.approx(own.item(), rel=1e-5)
     for m, state in zip(trainer.members, before, strict=True):
@@ -216,7 +216,7 @@ def test_multilabel_charades_format_trains_with_bce_kl_mean_and_map(project):
         m.model.eval()
     with torch.no_grad():
         z0, z1 = (m.model(batch.inputs["rgb"]) for m in trainer.members)
-    stats = trainer.step(batch, lr=0.0)
+    stats = trainer.joint(batch, lr=0.0)
     assert stats[0]["train/loss_kl"] == pytest.approx(
         mutual_kl(z0, [z1], multilabel=True).item(), rel=1e-4
     )  # the "mean" regime: / (B * N), paper App. 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from videos import render_video
 
 from mml.data.annotations import label_counts, read_ssv2
 from mml.data.synth import (
@@ -15,7 +16,6 @@ from mml.data.synth import (
     draw_video,
     generate,
     plan_video,
-    render_video,
     track_alpha,
 )
 

@@ -9,11 +9,10 @@ import av
 import decord
 import numpy as np
 import pytest
+from videos import decode_index_pattern, index_pattern_frames
 
 from mml.data.video import (
     VideoDecodeError,
-    decode_index_pattern,
-    index_pattern_frames,
     num_frames,
     probe,
     read_frames,

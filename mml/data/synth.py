@@ -478,14 +478,6 @@ def draw_video(plan: VideoPlan) -> np.ndarray:
     return np.clip(np.rint(video), 0, 255).astype(np.uint8)
 
 
-def render_video(
-    class_id: int, rng: np.random.Generator, spec: SynthSpec
-) -> tuple[np.ndarray, list[str]]:
-    """One video of class `class_id`: frames (T, H, W, 3) uint8 RGB and the placeholders."""
-    plan = plan_video(class_id, rng, spec)
-    return draw_video(plan), plan.placeholders
-
-
 # ---------------------------------------------------------------- the dataset on disk
 
 

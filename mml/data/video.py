@@ -60,9 +60,6 @@ _ENCODERS: dict[str, tuple[str, str, str, dict[str, str]]] = {
 }
 # A key frame every 16 frames: a random access decodes at most 15 frames it does not return.
 KEYFRAME_INTERVAL = 16
-# Index pattern: a 4x4 grid of blocks, 12 bits of frame index and a 4-bit checksum.
-_GRID = 4
-_INDEX_BITS = 12
 
 
 class VideoDecodeError(RuntimeError):
@@ -323,57 +320,3 @@ def _decode_sequentially(path: Path, wanted: np.ndarray) -> np.ndarray:
     if count <= last:  # more shown packets than decoded frames: a corrupt stream
         raise VideoDecodeError(path, f"frame {last} requested, only {count} frames decode")
     return np.stack([decoded[i] for i in wanted.tolist()])
-
-
-def index_pattern_frames(num: int, height: int, width: int) -> np.ndarray:
-    """(num, H, W, 3) uint8 frames whose pixels encode their own index, robust to lossy coding.
-
-    A 4x4 grid of black or white blocks: 12 bits of the index (so ``num`` <= 4096) and a
-    4-bit checksum of them. Blocks need 4+ pixels a side.
-    """
-    if not 0 <= num <= 1 << _INDEX_BITS:
-        raise ValueError(f"index patterns encode at most {1 << _INDEX_BITS} frames, got {num}")
-    if height < 4 * _GRID or width < 4 * _GRID:
-        raise ValueError(f"index patterns need frames of at least 16x16, got {height}x{width}")
-    frames = np.zeros((num, height, width, 3), np.uint8)
-    for index in range(num):
-        word = _pattern_word(index)
-        for bit in range(_GRID * _GRID):
-            if (word >> bit) & 1:
-                rows, cols = _block(bit, height, width)
-                frames[index, rows, cols] = 255
-    return frames
-
-
-def decode_index_pattern(frame: np.ndarray) -> int:
-    """The index drawn by :func:`index_pattern_frames` into ``frame`` ((H, W, 3) uint8).
-
-    Each block is read from its central half (block edges blur under compression) and
-    thresholded at mid-grey; a checksum mismatch raises ``ValueError``.
-    """
-    height, width = frame.shape[:2]
-    word = 0
-    for bit in range(_GRID * _GRID):
-        rows, cols = _block(bit, height, width)
-        dr, dc = (rows.stop - rows.start) // 4, (cols.stop - cols.start) // 4
-        centre = frame[rows.start + dr : rows.stop - dr, cols.start + dc : cols.stop - dc]
-        if centre.mean() > 127.5:
-            word |= 1 << bit
-    index = word & ((1 << _INDEX_BITS) - 1)
-    if _pattern_word(index) != word:
-        raise ValueError(f"frame does not hold a valid index pattern (read bits {word:016b})")
-    return index
-
-
-def _pattern_word(index: int) -> int:
-    # XOR of the nibbles, flipped so that neither a black nor a white frame is valid.
-    checksum = (index ^ (index >> 4) ^ (index >> 8) ^ 0xA) & 0xF
-    return index | (checksum << _INDEX_BITS)
-
-
-def _block(bit: int, height: int, width: int) -> tuple[slice, slice]:
-    row, col = divmod(bit, _GRID)
-    return (
-        slice(row * height // _GRID, (row + 1) * height // _GRID),
-        slice(col * width // _GRID, (col + 1) * width // _GRID),
-    )
