@@ -279,7 +279,7 @@ class PromoteConfig(Section):
 
 
 class ComputeConfig(Section):
-    """Where training runs; none of it changes what a run computes (not in the fingerprint)."""
+    """Where training runs; only `precision` changes what a run computes (the fingerprint)."""
 
     nproc: int = Field(1, ge=1, description="`mml train` processes on this machine (DDP)")
     device: str = Field("auto", description="auto: cuda:<LOCAL_RANK> when available, else cpu")

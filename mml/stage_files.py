@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,18 +23,33 @@ from mml.models.factory import model_path
 
 log = logging.getLogger(__name__)
 
-# sections that do not change what a stage's training computes
-NOT_TRAINING = {
-    "tracking",
-    "stages",
-    "evaluate",
-    "ensemble",
-    "tune",
-    "promote",
-    "compute",
-    "paths",
-    "source",
-}
+# What a stage's training reads from params besides its own `stages.<name>` entry. The
+# fingerprint below hashes exactly these, and every `train` stage of a dvc.yaml lists exactly
+# these (plus `stages.<name>`) as its `params:` (tests/test_dvc_yaml.py checks every pipeline).
+# `loader.workers` and the rest of `compute` only change how fast the same result comes.
+TRAINING_PARAMS: tuple[str, ...] = (
+    "seed",
+    "dataset",
+    "synth",
+    "clip",
+    "cache",
+    "loader.batch_size",
+    "model",
+    "train",
+    "compute.precision",
+)
+
+
+def training_values(params: Params) -> dict[str, Any]:
+    """The values of `TRAINING_PARAMS` in `params`, by dotted key."""
+    tree = params.model_dump(mode="json")
+    values = {}
+    for key in TRAINING_PARAMS:
+        value = tree
+        for part in key.split("."):
+            value = value[part]
+        values[key] = value
+    return values
 
 
 def fingerprint(params: Params, cfg: StageConfig) -> str:
@@ -42,9 +58,7 @@ def fingerprint(params: Params, cfg: StageConfig) -> str:
     `params` are the stage's own (overrides applied). The hashes of the checkpoints the
     stage starts from or learns from are part of it: a retrained parent means start over.
     """
-    data = params.model_dump(mode="json", exclude=NOT_TRAINING)
-    del data["loader"]["workers"]  # samples do not depend on it (see mml/data/dataset.py)
-    data["stage"] = cfg.model_dump(mode="json")
+    data = {"params": training_values(params), "stage": cfg.model_dump(mode="json")}
     refs = {m.init for m in cfg.models if m.init not in ("scratch", "imagenet")}
     if cfg.teacher:
         refs.add(cfg.teacher)

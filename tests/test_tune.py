@@ -176,3 +176,5 @@ def test_tuning_and_registry_settings_leave_training_fingerprints_alone(project)
     base = fingerprint()
     assert fingerprint("tune.trials=3", "promote.timing_videos=9", "ensemble.sizes=[2]") == base
     assert fingerprint("train.lr=0.5") != base  # a training setting does change it
+    assert fingerprint("compute.precision=float64") != base  # so does the arithmetic
+    assert fingerprint("compute.threads=1", "loader.workers=0", "compute.nproc=2") == base
