@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from mml import seeds
 from mml.config import ConfigError
 from mml.ensemble import Member, average, score_combinations
 from mml.runs import Run
@@ -29,7 +30,6 @@ BEST_PAIR = "best pair ensemble"
 WITHIN_2 = "within 2 points"
 MARGINS = {"greater": 0.0, WITHIN_2: -2.0}  # A - B must exceed this
 BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0  # every comparison draws from a generator seeded with this
 
 Model = str | tuple[str, ...]
 
@@ -163,7 +163,7 @@ def compare(
         return {**row, "verdict": "not run", "missing": missing}
     a, b, metric = align(pairs)
     ci = paired_bootstrap(
-        a, b, rng=np.random.default_rng(BOOTSTRAP_SEED), n_boot=n_boot, metric=metric
+        a, b, rng=np.random.default_rng(seeds.BOOTSTRAP), n_boot=n_boot, metric=metric
     )
     every = np.arange(ci.videos)
     row |= {

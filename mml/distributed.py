@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mml import seeds
 from mml.config import ComputeConfig, ConfigError
 
 
@@ -251,16 +252,11 @@ def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     return module
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator that shuffles `epoch` (the same in every process)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 class ShardedBatches:
     """Batch sampler: rank `rank`'s contiguous slice of each global batch of a shuffled epoch.
 
     The global batches are exactly those of a single-process `DataLoader(shuffle=True,
-    generator=epoch_generator(seed, epoch))` (tests check this), so N processes see what one
+    generator=seeds.epoch_order(seed, epoch))` (tests check this), so N processes see what one
     process would. A last global batch smaller than N is dropped (every process must step).
     """
 
@@ -269,7 +265,7 @@ class ShardedBatches:
         self.rank, self.size = rank, size
 
     def global_batches(self) -> list[list[int]]:
-        g = epoch_generator(self.seed, self.epoch)
+        g = seeds.epoch_order(self.seed, self.epoch)
         # DataLoader draws its workers' base seed from the generator before the sampler's
         # permutation; drawing it here too keeps the single-process order.
         torch.empty((), dtype=torch.int64).random_(generator=g)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mml import distributed, losses, stage_files, tracking
+from mml import distributed, losses, seeds, stage_files, tracking
 from mml.config import Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
 from mml.distributed import World
@@ -203,7 +203,7 @@ class Trainer:
 
     def _member(self, k: int) -> Member:
         spec = self.cfg.models[k]
-        torch.manual_seed(self.params.seed * 1000 + k)  # different inits for "scratch" models
+        torch.manual_seed(seeds.model_init(self.params.seed, k))
         model = build_model(
             self.params.model,
             len(self.train_ann.classes),
@@ -220,7 +220,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> tuple[list[dict[str, float]], int]:
         """One epoch; per-model mean loss terms over all processes' samples, and skips."""
         w = self.world
-        torch.manual_seed((self.params.seed * 7919 + epoch) * w.size + w.rank)  # dropout stream
+        torch.manual_seed(seeds.dropout(self.params.seed, epoch, w.rank, w.size))
         for m in self.members:
             m.model.train()
         loader = make_loader(

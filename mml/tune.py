@@ -27,7 +27,7 @@ import yaml
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from mml import tracking
+from mml import seeds, tracking
 from mml.config import ConfigError, Params, SearchParam
 from mml.fsio import atomic_write_text, sqlite_init_lock
 
@@ -50,7 +50,8 @@ class TrialSeededTPE(BaseSampler):
     def _tpe(self, trial: FrozenTrial) -> TPESampler:
         if self._current is None or self._current[0] != trial.number:
             sampler = TPESampler(
-                seed=self.seed * 1_000_003 + trial.number, n_startup_trials=self.n_startup_trials
+                seed=seeds.trial_sampler(self.seed, trial.number),
+                n_startup_trials=self.n_startup_trials,
             )
             self._current = (trial.number, sampler)
         return self._current[1]

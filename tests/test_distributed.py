@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 
 from mml import checkpoint, distributed
 from mml.config import ComputeConfig
-from mml.distributed import ShardedBatches, epoch_generator, shard_indices
+from mml.distributed import ShardedBatches, shard_indices
+from mml.seeds import epoch_order
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
@@ -40,7 +41,7 @@ def test_sharded_batches_are_slices_of_the_single_process_batches(n, batch_size)
         single = [
             b.tolist()
             for b in DataLoader(
-                range(n), batch_size=batch_size, shuffle=True, generator=epoch_generator(7, epoch)
+                range(n), batch_size=batch_size, shuffle=True, generator=epoch_order(7, epoch)
             )
         ]
         one = ShardedBatches(n, batch_size, seed=7, epoch=epoch, rank=0, size=1)

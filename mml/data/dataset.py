@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mml import seeds
 from mml.config import ClipConfig, DatasetConfig, LoaderConfig
 from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
 from mml.data.cache import cache_path, open_cached
 from mml.data.video import PROBE_MEMO, VideoDecodeError, num_frames, read_frames
-from mml.distributed import ShardedBatches, epoch_generator, shard_indices
+from mml.distributed import ShardedBatches, shard_indices
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class VideoClips(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = seeds.clip(self.seed, self.epoch, index)
         try:
             clips = self._clips(record, rng)
         except (VideoDecodeError, CacheError) as err:
@@ -270,7 +271,7 @@ def make_loader(
     common = dict(
         num_workers=loader.workers,
         collate_fn=collate,
-        generator=epoch_generator(seed, epoch),
+        generator=seeds.epoch_order(seed, epoch),
         persistent_workers=False,
         multiprocessing_context="fork" if loader.workers else None,
     )
