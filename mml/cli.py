@@ -177,8 +177,30 @@ def data_check(
     _run(action)
 
 
+def forwarded_args(ctx: typer.Context, *, without: tuple[str, ...] = ()) -> list[str]:
+    """The command line that gives `ctx`'s command the values it was given, from the command's
+    own parameter definitions (so no option is forgotten), leaving out the `without` ones."""
+    args = [ctx.info_name or ctx.command.name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in without or value is None:
+            continue
+        if param.param_type_name == "argument":
+            args += [str(v) for v in value] if param.multiple else [str(value)]
+        elif getattr(param, "is_flag", False) and param.secondary_opts:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif getattr(param, "is_flag", False):
+            args += [param.opts[0]] if value else []
+        elif param.multiple:
+            args += [a for v in value for a in (param.opts[0], str(v))]
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
 @app.command("train")
 def train(
+    ctx: typer.Context,
     stage: Annotated[str, typer.Argument(help="a stage under 'stages:' in params")],
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
@@ -208,15 +230,7 @@ def train(
         if nproc > 1:
             from mml.distributed import launch
 
-            argv = ["train", stage, "--params", str(params)]
-            argv += [a for o in overrides or [] for a in ("--set", o)]
-            flags = {
-                "--restart": restart,
-                "--restart-if-changed": restart_if_changed,
-                "--tuned": tuned,
-                "--quiet": quiet,
-            }
-            raise typer.Exit(launch(nproc, argv + [f for f, on in flags.items() if on]))
+            raise typer.Exit(launch(nproc, forwarded_args(ctx, without=("nproc",))))
 
     def action() -> None:
         from mml.train import train_stage
