@@ -1,9 +1,9 @@
-"""Training in several processes (torch.distributed): the process group, sharded batches, sums.
+"""Training in several processes (torch.distributed): the process group, wrapping, sums.
 
 `mml train STAGE` runs as one process, or as N under `torchrun -m mml train STAGE` (or
 `mml train STAGE --nproc N`, which starts torchrun). With N processes every model of the
 stage is wrapped in DistributedDataParallel; each process takes its slice of the same
-global batches a single-process run would draw (`ShardedBatches`), so data order, loss
+global batches a single-process run would draw (`mml.data.sharding`), so data order, loss
 weights and logged numbers do not depend on N. Only rank 0 talks to MLflow and writes files.
 """
 
@@ -14,16 +14,14 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from mml import seeds
 from mml.config import ComputeConfig, ConfigError
 
 
@@ -250,41 +248,6 @@ def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
         else:
             sync_batchnorm(child, device)
     return module
-
-
-class ShardedBatches:
-    """Batch sampler: rank `rank`'s contiguous slice of each global batch of a shuffled epoch.
-
-    The global batches are exactly those of a single-process `DataLoader(shuffle=True,
-    generator=seeds.epoch_order(seed, epoch))` (tests check this), so N processes see what one
-    process would. A last global batch smaller than N is dropped (every process must step).
-    """
-
-    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, rank: int, size: int):
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
-        self.rank, self.size = rank, size
-
-    def global_batches(self) -> list[list[int]]:
-        g = seeds.epoch_order(self.seed, self.epoch)
-        # DataLoader draws its workers' base seed from the generator before the sampler's
-        # permutation; drawing it here too keeps the single-process order.
-        torch.empty((), dtype=torch.int64).random_(generator=g)
-        order = torch.randperm(self.n, generator=g).tolist()
-        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        return [b for b in batches if len(b) >= self.size]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches():
-            yield np.array_split(np.asarray(batch), self.size)[self.rank].tolist()
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.n, self.batch_size)
-        return full + (rest >= self.size and rest > 0)
-
-
-def shard_indices(n: int, rank: int, size: int) -> list[int]:
-    """Rank `rank`'s contiguous share of range(n) (validation: concatenated in rank order)."""
-    return np.array_split(np.arange(n), size)[rank].tolist()
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:

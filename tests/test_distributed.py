@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from mml import checkpoint, distributed
 from mml.config import ComputeConfig
-from mml.distributed import ShardedBatches, shard_indices
+from mml.data.sharding import ShardedBatches, shard_indices
 from mml.seeds import epoch_order
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -218,3 +218,27 @@ def test_torch_threads_leave_the_loader_workers_their_cores(monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_train_nproc_forwards_every_option_it_was_given_to_torchrun(monkeypatch):
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from mml import cli
+
+    launched = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(distributed, "launch", lambda n, argv: launched.append((n, argv)) or 0)
+    args = ["train", "rgb_ce", "--nproc", "2", "-S", "train.epochs=3", "-S", "seed=2"]
+    args += ["--restart-if-changed", "--tuned", "-q", "--params", "other.yaml"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    ((nproc, argv),) = launched
+    assert nproc == 2 and argv[:2] == ["train", "rgb_ce"] and "--nproc" not in argv
+    assert argv[argv.index("--params") + 1] == "other.yaml"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == ["train.epochs=3", "seed=2"]
+    assert {"--restart-if-changed", "--tuned", "--quiet", "--no-restart"} <= set(argv)
+    # every option of the command reaches the workers, whatever options are added later
+    for param in get_command(cli.app).commands["train"].params:
+        if param.param_type_name == "option" and param.name != "nproc":
+            assert {*param.opts, *param.secondary_opts} & set(argv), param.name

@@ -24,8 +24,8 @@ from mml.config import ClipConfig, DatasetConfig, LoaderConfig
 from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
 from mml.data.cache import cache_path, open_cached
+from mml.data.sharding import ShardedBatches, shard_indices
 from mml.data.video import PROBE_MEMO, VideoDecodeError, num_frames, read_frames
-from mml.distributed import ShardedBatches, shard_indices
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def make_loader(
     """A DataLoader over `dataset` for `epoch`, shuffled by (seed, epoch) when asked.
 
     With `world_size` > 1 it yields process `rank`'s share: its slice of every shuffled
-    global batch (`mml.distributed.ShardedBatches`), or its contiguous part of the unshuffled
+    global batch (`mml.data.sharding.ShardedBatches`), or its contiguous part of the unshuffled
     dataset.
     """
     dataset.set_epoch(epoch)
