@@ -10,19 +10,16 @@ pure numpy: `plan_video` draws every random choice into a `VideoPlan`, `draw_vid
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from mml.fsio import atomic_write_text
-from mml.workers import end_with
+from mml.fsio import atomic_write_text, remove_temp_files
+from mml.workers import run_parallel
 
 # Bump when the rendering changes, so `generate` does not keep videos drawn by older code.
 SYNTH_VERSION = 5
@@ -512,27 +509,10 @@ def _make_video(task: tuple[SynthSpec, int, int, Path, bool]) -> list[str]:
     return plan.placeholders
 
 
-def run_tasks(make: Callable, tasks: list, workers: int, progress: Callable | None) -> list:
-    """[make(t) for t in tasks], in worker processes when workers > 1; progress(done, total)."""
-    out = []
-    # workers end with this process (kill -9 included): see mml/workers.py
-    with (
-        ProcessPoolExecutor(workers, initializer=end_with, initargs=(os.getpid(),))
-        if workers > 1
-        else contextlib.nullcontext()
-    ) as pool:
-        results = pool.map(make, tasks, chunksize=4) if pool else map(make, tasks)
-        for done, result in enumerate(results, start=1):
-            out.append(result)
-            if progress is not None:
-                progress(done, len(tasks))
-    return out
-
-
 def remove_stale(video_dir: Path, paths: list[Path]) -> None:
     """Delete videos not in `paths` (of a larger earlier spec) and temp files of a killed run."""
-    found = {*video_dir.glob("*.webm"), *video_dir.glob("*.mp4"), *video_dir.glob(".*.tmp")}
-    for stale in found - set(paths):
+    remove_temp_files(video_dir)
+    for stale in {*video_dir.glob("*.webm"), *video_dir.glob("*.mp4")} - set(paths):
         stale.unlink()
 
 
@@ -565,7 +545,9 @@ def generate(
     suffix = ".mp4" if spec.codec == "h264" else ".webm"  # what mml.data.video writes
     paths = [video_dir / f"{n}{suffix}" for n in range(1, len(layout) + 1)]
     tasks = [(spec, n, c, paths[n - 1], keep) for n, (c, _) in enumerate(layout, start=1)]
-    placeholders = run_tasks(_make_video, tasks, workers, progress)
+    placeholders = run_parallel(
+        _make_video, tasks, workers if workers > 1 else 0, progress=progress
+    )
     remove_stale(video_dir, paths)
     classes = [t.replace("[", "").replace("]", "") for t in CLASS_TEMPLATES[: spec.num_classes]]
     for split in ("train", "validation"):

@@ -34,11 +34,11 @@ from mml.data.synth import (
     camera_shake,
     draw_video,
     remove_stale,
-    run_tasks,
     surface,
     tones,
 )
 from mml.fsio import atomic_write_text
+from mml.workers import run_parallel
 
 CLASSES_FILE = "Charades_v1_classes.txt"
 TRAIN_FILE = "Charades_v1_train.csv"
@@ -207,7 +207,7 @@ def generate(
     layout = _layout(spec, actions)
     paths = [video_dir / f"{n}{_suffix(spec.codec)}" for n in range(1, len(layout) + 1)]
     tasks = [(spec, n, ids, paths[n - 1], keep) for n, (_, ids) in enumerate(layout, start=1)]
-    lengths = run_tasks(_make_video, tasks, workers, progress)
+    lengths = run_parallel(_make_video, tasks, workers if workers > 1 else 0, progress=progress)
     remove_stale(video_dir, paths)
     classes = [t.replace("[", "").replace("]", "") for t in CLASS_TEMPLATES[: spec.num_classes]]
     for split, csv_name in (("train", TRAIN_FILE), ("val", VAL_FILE)):
