@@ -70,8 +70,8 @@ def data_synth(
     """
 
     def action() -> None:
-        from mml.data import synth_charades
         from mml.data.synth import SynthSpec, generate
+        from mml.data.synth import charades as synth_charades
         from mml.progress import progress_bar
 
         p = _params(params, overrides)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mml.data import synth_charades
 from mml.data.synth import SynthSpec, generate
+from mml.data.synth import charades as synth_charades
 
 pytestmark = pytest.mark.slow  # git, `dvc repro` and `dvc exp run` in subprocesses
 

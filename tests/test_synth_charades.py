@@ -13,7 +13,7 @@ from mml.config import ConfigError, DatasetConfig
 from mml.data.annotations import label_counts
 from mml.data.dataset import load_split
 from mml.data.synth import CLASS_TEMPLATES, SynthSpec
-from mml.data.synth_charades import (
+from mml.data.synth.charades import (
     CLASSES_FILE,
     TRAIN_FILE,
     VAL_FILE,
