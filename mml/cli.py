@@ -70,25 +70,20 @@ def data_synth(
     """
 
     def action() -> None:
-        from mml.data.synth import SynthSpec, generate
-        from mml.data.synth import charades as synth_charades
+        from mml.data import synth
         from mml.progress import progress_bar
 
         p = _params(params, overrides)
-        fields = p.synth.model_dump()
-        multilabel, actions = fields.pop("multilabel"), fields.pop("actions")
-        spec = SynthSpec(**fields)
-        if multilabel:
-            synth_charades.check_dataset_config(p.dataset, p.source, codec=spec.codec)
-        total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
+        if p.synth.multilabel:
+            synth.check_dataset_config(p.dataset, p.source, codec=p.synth.codec)
+        total = p.synth.num_classes * (p.synth.train_per_class + p.synth.val_per_class)
         with progress_bar("synth videos", total, not quiet) as advance:
-            kwargs = dict(
-                workers=workers or os.cpu_count() or 1, progress=lambda done, _total: advance(1)
+            synth.generate(
+                Path(p.dataset.root),
+                p.synth,
+                workers=workers or os.cpu_count() or 1,
+                progress=lambda done, _total: advance(1),
             )
-            if multilabel:
-                synth_charades.generate(Path(p.dataset.root), spec, actions=actions, **kwargs)
-            else:
-                generate(Path(p.dataset.root), spec, **kwargs)
         typer.echo(f"wrote {total} videos to {p.dataset.root}")
 
     _run(action)

@@ -1,8 +1,8 @@
 """The Charades-like multi-label variant of the synthetic dataset: several actions per video.
 
-Each video shows K objects (K drawn uniformly from `actions`), each doing the motion of its own
-class (K distinct classes), plus the distractors of `mml.data.synth.motion`. Inverse classes
-work per object: its track alone is played backwards ("push" is mirrored instead), so two
+Each video shows K objects (K drawn uniformly from `synth.actions`), each doing the motion of
+its own class (K distinct classes), plus the distractors of `mml.data.synth.motion`. Inverse
+classes work per object: its track alone is played backwards ("push" is mirrored instead), so two
 objects of one family (left to right and right to left) may share a video. Annotations are
 Charades CSVs; every action spans the whole video (0 to frames/fps s): real Charades actions
 cover sub-intervals, but the loader only uses a video's label set. Rendering, codec, sizes and
@@ -13,19 +13,18 @@ the on-disk contract (atomic files, incremental spec.json, determinism) are thos
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from mml.config import ConfigError, DatasetConfig
+from mml.config import ConfigError, DatasetConfig, SynthConfig
 from mml.data.annotations import write_charades
 from mml.data.synth.draw import Track, VideoPlan, draw_video
 from mml.data.synth.files import finish_output, remove_stale, start_output, video_paths
-from mml.data.synth.motion import SYNTH_VERSION
+from mml.data.synth.motion import SYNTH_VERSION, settings_record
 from mml.data.synth.plan import (
     FAMILIES,
-    SynthSpec,
     class_names,
     distractor,
     mirrored_track,
@@ -62,7 +61,7 @@ class MultiLabelPlan(VideoPlan):
 
 
 def plan_multilabel_video(
-    class_ids: Sequence[int], rng: np.random.Generator, spec: SynthSpec
+    class_ids: Sequence[int], rng: np.random.Generator, spec: SynthConfig
 ) -> MultiLabelPlan:
     """Draw every random choice of one video in which object i performs class `class_ids[i]`."""
     class_ids = tuple(int(c) for c in class_ids)
@@ -128,11 +127,11 @@ def check_dataset_config(dataset: DatasetConfig, source: str, codec: str = "vp9"
         )
 
 
-def _layout(spec: SynthSpec, actions: tuple[int, int]) -> list[tuple[str, tuple[int, ...]]]:
+def _layout(spec: SynthConfig) -> list[tuple[str, tuple[int, ...]]]:
     """(split, class ids) of videos 1..N: per split, each class is used equally often (+-1)."""
     # [seed, 7] and [seed, 7, 0] equal synth.py's stream of video 7 (SeedSequence pads with 0)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _STREAM, 0, 1]))
-    low, high = (min(a, spec.num_classes) for a in actions)
+    low, high = (min(a, spec.num_classes) for a in spec.actions)
     layout = []
     for split, per_class in (("train", spec.train_per_class), ("val", spec.val_per_class)):
         counts = np.zeros(spec.num_classes, int)
@@ -145,7 +144,7 @@ def _layout(spec: SynthSpec, actions: tuple[int, int]) -> list[tuple[str, tuple[
     return layout
 
 
-def _make_video(task: tuple[SynthSpec, int, tuple[int, ...], Path, bool]) -> float:
+def _make_video(task: tuple[SynthConfig, int, tuple[int, ...], Path, bool]) -> float:
     """Write one video (unless `keep` and it exists); return its length in seconds."""
     spec, number, class_ids, path, keep = task
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _STREAM, number]))
@@ -155,39 +154,35 @@ def _make_video(task: tuple[SynthSpec, int, tuple[int, ...], Path, bool]) -> flo
     return len(plan.shifts) / spec.fps
 
 
-def _record(spec: SynthSpec, actions: tuple[int, int]) -> dict:
+def _record(spec: SynthConfig) -> dict:
     """What spec.json holds: the versions, the variant and every setting."""
     return {
         "synth_version": VERSION,
         "renderer_version": SYNTH_VERSION,
         "variant": "charades",
-        "actions": list(actions),
-        **asdict(spec),
-        "frames": list(spec.frames),
+        "actions": list(spec.actions),
+        **settings_record(spec),
     }
 
 
 def generate(
     out_dir: Path,
-    spec: SynthSpec,
+    spec: SynthConfig,
     *,
-    actions: tuple[int, int] = (1, 3),
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write out_dir/videos/<id>.webm (.mp4 for h264), the classes file, both CSVs, spec.json.
 
     num_classes * train_per_class train videos and num_classes * val_per_class validation
-    videos, with min(actions, num_classes) actions each. Existing videos are kept when
-    spec.json matches (see mml.data.synth.files); re-running with the same spec gives
-    identical files, whatever `workers` is (1: this process).
+    videos, with min(spec.actions, num_classes) actions each (`spec.multilabel` is not read).
+    Existing videos are kept when spec.json matches (see mml.data.synth.files); re-running
+    with the same spec gives identical files, whatever `workers` is (1: this process).
     """
-    if not 1 <= actions[0] <= actions[1]:
-        raise ValueError(f"actions must satisfy 1 <= min <= max, got {actions}")
     out_dir = Path(out_dir)
-    record = _record(spec, actions)
+    record = _record(spec)
     keep = start_output(out_dir, record)
-    layout = _layout(spec, actions)
+    layout = _layout(spec)
     paths = video_paths(out_dir, len(layout), spec.codec)
     tasks = [(spec, n, ids, paths[n - 1], keep) for n, (_, ids) in enumerate(layout, start=1)]
     lengths = run_parallel(_make_video, tasks, workers if workers > 1 else 0, progress=progress)

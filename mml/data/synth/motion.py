@@ -11,18 +11,18 @@ pure numpy: `plan_video` draws every random choice into a `VideoPlan`, `draw_vid
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from mml.config import SynthConfig
 from mml.data.annotations import write_ssv2
 from mml.data.synth.draw import Track, VideoPlan, draw_video
 from mml.data.synth.files import finish_output, remove_stale, start_output, video_paths
 from mml.data.synth.plan import (
     CLASS_TEMPLATES,
     FAMILIES,
-    SynthSpec,
     class_names,
     distractor,
     mirrored_track,
@@ -40,7 +40,7 @@ from mml.workers import run_parallel
 SYNTH_VERSION = 5
 
 
-def plan_video(class_id: int, rng: np.random.Generator, spec: SynthSpec) -> VideoPlan:
+def plan_video(class_id: int, rng: np.random.Generator, spec: SynthConfig) -> VideoPlan:
     """Draw every random choice of one video of class `class_id`."""
     if not 0 <= class_id < spec.num_classes:
         raise ValueError(f"class_id {class_id} out of range 0..{spec.num_classes - 1}")
@@ -71,7 +71,7 @@ def plan_video(class_id: int, rng: np.random.Generator, spec: SynthSpec) -> Vide
     )
 
 
-def _layout(spec: SynthSpec) -> list[tuple[int, str]]:
+def _layout(spec: SynthConfig) -> list[tuple[int, str]]:
     """(class id, split) of videos 1..N: balanced per split, shuffled so ids hide the class."""
     items = [
         (c, split)
@@ -86,12 +86,12 @@ def _layout(spec: SynthSpec) -> list[tuple[int, str]]:
     return [items[i] for i in order]
 
 
-def _video_rng(spec: SynthSpec, number: int) -> np.random.Generator:
+def _video_rng(spec: SynthConfig, number: int) -> np.random.Generator:
     """Video `number` (1-based) has its own stream, so output does not depend on workers/order."""
     return np.random.default_rng(np.random.SeedSequence([spec.seed, number]))
 
 
-def _make_video(task: tuple[SynthSpec, int, int, Path, bool]) -> list[str]:
+def _make_video(task: tuple[SynthConfig, int, int, Path, bool]) -> list[str]:
     """Write one video (unless `keep` and it exists); return its placeholders."""
     spec, number, class_id, path, keep = task
     plan = plan_video(class_id, _video_rng(spec, number), spec)
@@ -100,14 +100,19 @@ def _make_video(task: tuple[SynthSpec, int, int, Path, bool]) -> list[str]:
     return plan.placeholders
 
 
-def _record(spec: SynthSpec) -> dict:
+def settings_record(spec: SynthConfig) -> dict:
+    """The settings both generators record in spec.json (not the Charades-like variant's)."""
+    return spec.model_dump(mode="json", exclude={"multilabel", "actions"})
+
+
+def _record(spec: SynthConfig) -> dict:
     """What spec.json holds: the version and every setting."""
-    return {"synth_version": SYNTH_VERSION, **asdict(spec), "frames": list(spec.frames)}
+    return {"synth_version": SYNTH_VERSION, **settings_record(spec)}
 
 
 def generate(
     out_dir: Path,
-    spec: SynthSpec,
+    spec: SynthConfig,
     *,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
@@ -116,6 +121,7 @@ def generate(
 
     Existing videos are kept when spec.json matches (see mml.data.synth.files). Re-running
     with the same spec gives identical files, whatever `workers` is (1: this process).
+    `spec.multilabel` and `spec.actions` (the Charades-like variant's) are not used.
     """
     out_dir = Path(out_dir)
     record = _record(spec)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from mml.config import SynthConfig
 from mml.data.synth.draw import SHAPES, Track
 
 CLASS_TEMPLATES: tuple[str, ...] = (
@@ -50,43 +51,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (120, 70, 30),
 }
 _BACKGROUNDS = ("solid", "gradient", "stripes", "noise", "checker")
-
-
-@dataclass(frozen=True)
-class SynthSpec:
-    """Everything that defines the synthetic data (mirrors `mml.config.SynthConfig`)."""
-
-    seed: int = 0
-    train_per_class: int = 64
-    val_per_class: int = 12
-    frames: tuple[int, int] = (24, 40)  # min, max frames per video (inclusive)
-    height: int = 64
-    width: int = 64
-    fps: float = 12.0
-    codec: str = "vp9"
-    num_classes: int = 10  # the first N of CLASS_TEMPLATES
-    distractors: int = 2  # max distractors per video
-    jitter: float = 1.5  # px std of camera jitter
-    noise: float = 6.0  # pixel noise std (0..255 scale)
-    object_scale: float = 1.0  # multiplies every object's size
-    bright_objects: bool = True  # objects lighter than a dark background (learnable from scratch)
-    dark_share: float = 0.0  # with bright_objects: share of videos with dark objects on light
-    texture: float = 1.0  # background contrast: 0 plain colour .. 1 full-contrast texture
-    object_texture: float = 0.0  # objects' surface grating amplitude: 0 flat colour .. 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "frames", tuple(self.frames))  # a list when read from JSON
-        low, high = self.frames
-        if not 2 <= low <= high:
-            raise ValueError(f"SynthSpec.frames must satisfy 2 <= min <= max, got {self.frames}")
-        if not 2 <= self.num_classes <= len(CLASS_TEMPLATES):
-            raise ValueError(f"SynthSpec.num_classes must be in 2..{len(CLASS_TEMPLATES)}")
-        if min(self.height, self.width) < 16:
-            raise ValueError(
-                f"SynthSpec height/width must be >= 16, got {self.height}x{self.width}"
-            )
-        if self.train_per_class < 0 or self.val_per_class < 0 or self.distractors < 0:
-            raise ValueError("SynthSpec counts (per class, distractors) must be >= 0")
 
 
 def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -142,7 +106,7 @@ def object_look(rng: np.random.Generator, avoid: list[np.ndarray], exclude=(), t
     return shape, colour, rgb, tip_rgb
 
 
-def tones(rng: np.random.Generator, spec: SynthSpec) -> tuple[str | None, str | None]:
+def tones(rng: np.random.Generator, spec: SynthConfig) -> tuple[str | None, str | None]:
     """(objects' tone, background's tone) of one video: light objects on a dark background, or
     with probability `spec.dark_share` dark objects on a light one (real objects are either);
     (None, None) when `spec.bright_objects` is off: any colours."""
@@ -291,7 +255,7 @@ class Scene:
     background_colours: list  # the colours the background mixes (objects keep away from them)
 
 
-def plan_scene(rng: np.random.Generator, spec: SynthSpec) -> Scene:
+def plan_scene(rng: np.random.Generator, spec: SynthConfig) -> Scene:
     """The first random choices of every video: its length, shake, tones and background."""
     h, w = spec.height, spec.width
     frames = int(rng.integers(spec.frames[0], spec.frames[1] + 1))
