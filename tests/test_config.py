@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import BaseModel, TypeAdapter
+from typer.testing import CliRunner
 
+from mml.cli import app
 from mml.config import ClipConfig, ConfigError, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +156,11 @@ def test_the_defaults_check_sees_a_disagreement():
         "synth.frames: default [20, 32], params.yaml [2, 3]",
         "tune.pruner.warmup_epochs: default 2, params.yaml 3",
     ]
+
+
+def test_predict_outside_a_project_needs_a_model_uri(tmp_path, monkeypatch):
+    """Without params.yaml, no params defaults pick the model (or the store): --model is asked."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["predict", "video.mp4"])
+    assert result.exit_code == 2 and "no params.yaml here" in result.output
+    assert list(tmp_path.iterdir()) == []
