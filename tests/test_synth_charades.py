@@ -158,7 +158,7 @@ def test_each_object_does_its_own_class_motion(seed):
         assert _trend(getattr(plan.tracks[target], field)) == sign, (c, field)
     fixed_size = [t for c, t in zip(class_ids, plan.targets, strict=True) if c not in (4, 5)]
     largest = max(float(plan.tracks[t].radius.max()) for t in fixed_size)
-    assert largest <= 0.8 * 0.15 * MOTION.height  # synth.py's targets reach 15% of the side
+    assert largest <= 0.8 * 0.15 * MOTION.height  # motion.py's targets reach 15% of the side
 
 
 @pytest.mark.parametrize("seed", range(4))

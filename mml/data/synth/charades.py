@@ -21,8 +21,14 @@ import numpy as np
 from mml.config import ConfigError, DatasetConfig, SynthConfig
 from mml.data.annotations import write_charades
 from mml.data.synth.draw import Track, VideoPlan, draw_video
-from mml.data.synth.files import finish_output, remove_stale, start_output, video_paths
-from mml.data.synth.motion import SYNTH_VERSION, settings_record
+from mml.data.synth.files import (
+    finish_output,
+    remove_stale,
+    settings_record,
+    start_output,
+    video_paths,
+)
+from mml.data.synth.motion import SYNTH_VERSION
 from mml.data.synth.plan import (
     FAMILIES,
     class_names,

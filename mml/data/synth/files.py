@@ -10,11 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mml.config import SynthConfig
 from mml.data.video import suffix_for
 from mml.fsio import atomic_write_text, remove_temp_files
 
 VIDEO_DIR = "videos"
 SPEC_FILE = "spec.json"
+
+
+def settings_record(spec: SynthConfig) -> dict:
+    """The settings both generators record in spec.json (not the Charades-like variant's),
+    in SynthConfig's field order."""
+    return spec.model_dump(mode="json", exclude={"multilabel", "actions"})
 
 
 def start_output(out_dir: Path, record: dict) -> bool:

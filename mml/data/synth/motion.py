@@ -19,7 +19,13 @@ import numpy as np
 from mml.config import SynthConfig
 from mml.data.annotations import write_ssv2
 from mml.data.synth.draw import Track, VideoPlan, draw_video
-from mml.data.synth.files import finish_output, remove_stale, start_output, video_paths
+from mml.data.synth.files import (
+    finish_output,
+    remove_stale,
+    settings_record,
+    start_output,
+    video_paths,
+)
 from mml.data.synth.plan import (
     CLASS_TEMPLATES,
     FAMILIES,
@@ -98,11 +104,6 @@ def _make_video(task: tuple[SynthConfig, int, int, Path, bool]) -> list[str]:
     if not (keep and path.exists()):
         write_video(path, draw_video(plan), spec.fps, spec.codec)
     return plan.placeholders
-
-
-def settings_record(spec: SynthConfig) -> dict:
-    """The settings both generators record in spec.json (not the Charades-like variant's)."""
-    return spec.model_dump(mode="json", exclude={"multilabel", "actions"})
 
 
 def _record(spec: SynthConfig) -> dict:
