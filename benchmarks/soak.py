@@ -22,9 +22,9 @@ import av  # noqa: F401  (before decord: see mml/data/video.py)
 import numpy as np
 import psutil
 
-from mml.config import ClipConfig, LoaderConfig
+from mml.config import ClipConfig, LoaderConfig, SynthConfig
 from mml.data.dataset import VideoClips, load_split, make_loader
-from mml.data.synth import SynthSpec, generate
+from mml.data.synth import generate
 
 
 def break_videos(videos: list[Path], fraction: float, seed: int) -> list[Path]:
@@ -68,7 +68,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mml-soak-") as tmp:
         root = Path(tmp) / "synthetic"
-        spec = SynthSpec(
+        spec = SynthConfig(
             seed=11,
             train_per_class=max(1, args.videos // 6),
             val_per_class=1,

@@ -70,25 +70,20 @@ def data_synth(
     """
 
     def action() -> None:
-        from mml.data import synth_charades
-        from mml.data.synth import SynthSpec, generate
+        from mml.data import synth
         from mml.progress import progress_bar
 
         p = _params(params, overrides)
-        fields = p.synth.model_dump()
-        multilabel, actions = fields.pop("multilabel"), fields.pop("actions")
-        spec = SynthSpec(**fields)
-        if multilabel:
-            synth_charades.check_dataset_config(p.dataset, p.source, codec=spec.codec)
-        total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
+        if p.synth.multilabel:
+            synth.check_dataset_config(p.dataset, p.source, codec=p.synth.codec)
+        total = p.synth.num_classes * (p.synth.train_per_class + p.synth.val_per_class)
         with progress_bar("synth videos", total, not quiet) as advance:
-            kwargs = dict(
-                workers=workers or os.cpu_count() or 1, progress=lambda done, _total: advance(1)
+            synth.generate(
+                Path(p.dataset.root),
+                p.synth,
+                workers=workers or os.cpu_count() or 1,
+                progress=lambda done, _total: advance(1),
             )
-            if multilabel:
-                synth_charades.generate(Path(p.dataset.root), spec, actions=actions, **kwargs)
-            else:
-                generate(Path(p.dataset.root), spec, **kwargs)
         typer.echo(f"wrote {total} videos to {p.dataset.root}")
 
     _run(action)
@@ -428,7 +423,9 @@ def predict(
     videos: Annotated[list[Path], typer.Argument(help="video files (any format decord opens)")],
     model: Annotated[
         str | None,
-        typer.Option(help="MLflow model URI (default models:/mml-<dataset>-rgb@champion)"),
+        typer.Option(
+            help="MLflow model URI (default in a project: models:/mml-<dataset>-rgb@champion)"
+        ),
     ] = None,
     top: Annotated[int, typer.Option(help="how many classes to show", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
@@ -439,18 +436,26 @@ def predict(
     """Top classes of each VIDEO; a file that cannot be decoded is reported (exit code 1)."""
 
     def action() -> int:
-        from mml.registry import load_for_predict
+        from mml import tracking
+        from mml.config import ConfigError
+        from mml.registry import champion_uri, load_for_predict
 
         if quiet:  # MLflow's progress bars while it downloads the model
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
         if params == Path("params.yaml") and not params.exists() and not overrides:
-            from mml.config import Params  # outside a project: the defaults (and the env's URI)
-
-            p = Params()
+            # outside a project: the model package carries every inference setting; no params
+            # defaults name the model or the store ($MLFLOW_TRACKING_URI, else ./mlruns)
+            if model is None:
+                raise ConfigError(
+                    "no params.yaml here, so no project champion to default to: pass --model, "
+                    "e.g. --model models:/mml-synthetic-rgb@champion, or --params PATH."
+                )
+            uri, store = model, tracking.store_uri(None)
         else:
             p = _params(params, overrides)
-        loaded = load_for_predict(p, model)
+            uri, store = model or champion_uri(p), tracking.tracking_uri(p)
+        loaded = load_for_predict(uri, store)
         import pandas as pd
 
         table = loaded.predict(

@@ -73,23 +73,29 @@ class DatasetConfig(Section):
 
 
 class SynthConfig(Section):
-    seed: int = 0
-    train_per_class: int = Field(64, ge=1)
-    val_per_class: int = Field(12, ge=1)
-    frames: tuple[int, int] = (24, 40)
-    height: int = Field(64, ge=16)
-    width: int = Field(64, ge=16)
+    """`mml data synth`: what the synthetic generators (mml.data.synth) draw and write.
+
+    The generators take this model itself. Field order is the key order of the datasets'
+    spec.json (add new fields at the end, or existing datasets' spec.json bytes change).
+    """
+
+    seed: int = 1
+    train_per_class: int = Field(48, ge=1)
+    val_per_class: int = Field(50, ge=1)
+    frames: tuple[int, int] = Field((20, 32), description="min, max frames per video")
+    height: int = Field(32, ge=16)
+    width: int = Field(32, ge=16)
     fps: float = Field(12.0, gt=0)
     codec: Literal["vp9", "vp8", "h264"] = "vp9"
-    num_classes: int = Field(10, ge=2, le=14)
-    distractors: int = Field(2, ge=0)
-    jitter: float = Field(1.5, ge=0)
-    noise: float = Field(6.0, ge=0)
-    object_scale: float = Field(1.0, gt=0, le=3)
-    texture: float = Field(1.0, ge=0, le=1)
+    num_classes: int = Field(6, ge=2, le=14, description="the first N of the 14 classes")
+    distractors: int = Field(1, ge=0, description="max distractors per video")
+    jitter: float = Field(1.0, ge=0, description="camera shake std (px)")
+    noise: float = Field(3.0, ge=0, description="pixel noise std (0..255)")
+    object_scale: float = Field(1.6, gt=0, le=3, description="multiplies every object's size")
+    bright_objects: bool = Field(True, description="objects lighter than the background")
+    dark_share: float = Field(0.15, ge=0, le=1, description="share of dark-object videos")
+    texture: float = Field(0.3, ge=0, le=1, description="background contrast: 0 plain .. 1")
     object_texture: float = Field(0.0, ge=0, le=1, description="objects' surface texture")
-    bright_objects: bool = True
-    dark_share: float = Field(0.0, ge=0, le=1, description="share of dark-object videos")
     multilabel: bool = Field(False, description="Charades-like: several objects and actions")
     actions: tuple[int, int] = Field((1, 3), description="multilabel: min, max actions/video")
 
@@ -116,12 +122,12 @@ class SynthConfig(Section):
 
 
 class ClipConfig(Section):
-    segments: int = Field(8, ge=1, description="T: input frames per clip")
+    segments: int = Field(4, ge=1, description="T: input frames per clip")
     sampling: Literal["uniform", "dense", "mixed"] = "mixed"
     mix: float = Field(0.5, ge=0, le=1, description="P(uniform) for mixed sampling")
     dense_stride: int | None = Field(None, ge=1, description="None: 32 // segments")
-    scale_size: int = Field(64, ge=8, description="short side before cropping")
-    crop_size: int = Field(56, ge=8)
+    scale_size: int = Field(32, ge=8, description="short side before cropping")
+    crop_size: int = Field(28, ge=8)
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
     max_distort: int = Field(1, ge=0)
     flip: bool = False
@@ -134,12 +140,12 @@ class ClipConfig(Section):
 class CacheConfig(Section):
     root: Path = Field(Path("data/cache"), description="caches live in <root>/<dataset>/<kind>")
     flow_algorithm: Literal["tvl1", "dis"] = "tvl1"
-    flow_bound: float = Field(20.0, gt=0, description="flow clipped to +-bound, then uint8")
+    flow_bound: float = Field(4.0, gt=0, description="flow clipped to +-bound, then uint8")
 
 
 class LoaderConfig(Section):
     batch_size: int = Field(16, ge=1)
-    workers: int = Field(2, ge=0)
+    workers: int = Field(1, ge=0)
 
 
 class ModelConfig(Section):
@@ -152,7 +158,7 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(11, ge=1)
+    epochs: int = Field(12, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(0.003, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -163,7 +169,7 @@ class TrainConfig(Section):
     warmup_epochs: int = Field(0, ge=0)
     clip_grad: float | None = Field(20.0, gt=0)
     val_every: int = Field(
-        1, ge=1, description="validate after every N-th epoch, and always after the last"
+        2, ge=1, description="validate after every N-th epoch, and always after the last"
     )
 
     def validates(self, epoch: int) -> bool:
@@ -220,19 +226,19 @@ class SearchParam(Section):
 
 
 class PrunerConfig(Section):
-    startup_trials: int = Field(2, ge=0, description="trials never pruned (median needs some)")
-    warmup_epochs: int = Field(1, ge=0, description="epochs of a trial never pruned")
+    startup_trials: int = Field(3, ge=0, description="trials never pruned (median needs some)")
+    warmup_epochs: int = Field(2, ge=0, description="epochs of a trial never pruned")
 
 
 class TuneConfig(Section):
     trials: int = Field(
-        8, ge=0, description="total trials of the study (all workers together); 0: tuning off"
+        0, ge=0, description="total trials of the study (all workers together); 0: tuning off"
     )
     seed: int = 0
     storage: str | None = Field(
         None, description="SQLAlchemy URL (shared), or a journal file path; None: optuna/<dataset>"
     )
-    epochs: int | None = Field(None, ge=1, description="epochs per trial; None: the stage's own")
+    epochs: int | None = Field(6, ge=1, description="epochs per trial; None: the stage's own")
     objective: Literal["first", "mean"] = Field(
         "first", description="val metric of model 0 (MML: the RGB model) or mean of the models"
     )

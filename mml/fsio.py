@@ -13,12 +13,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` for a temp file in `path`'s directory, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -28,6 +30,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temp_files(directory: Path) -> int:
+    """Delete the temp files that killed `atomic_write` calls left in `directory`; how many."""
+    removed = 0
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -376,13 +376,20 @@ def _summary(d: Decision) -> dict:
     return data
 
 
-def load_for_predict(params: Params, uri: str | None):
-    """The pyfunc at `uri` (default: the RGB champion) from the configured MLflow store."""
+def champion_uri(params: Params, kind: str = "rgb") -> str:
+    """The MLflow URI of the project's champion model of `kind` (rgb or ensemble)."""
+    return f"models:/{registered_name(params, kind)}@{ALIAS}"
+
+
+def load_for_predict(uri: str, store: str):
+    """The pyfunc at `uri` from the MLflow store `store` (its tracking and registry URI).
+
+    Every inference setting comes from the model package (mml.predictor.VideoPredictor).
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    tracking.client_and_experiment(params)  # sets the tracking (and registry) URI
-    uri = uri or f"models:/{registered_name(params, 'rgb')}@{ALIAS}"
+    mlflow.set_tracking_uri(store)
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:

@@ -26,7 +26,12 @@ MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 
 def tracking_uri(params: Params) -> str:
     """$MLFLOW_TRACKING_URI, else `tracking.uri`, else sqlite:///mlruns/mlflow.db (absolute)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    return store_uri(params.tracking.uri)
+
+
+def store_uri(configured: str | None) -> str:
+    """$MLFLOW_TRACKING_URI, else `configured`, else sqlite:///mlruns/mlflow.db (absolute)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
     if uri:
         return uri
     DEFAULT_STORE.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mml import distributed, losses, seeds, stage_files, tracking
+from mml import distributed, fsio, losses, seeds, stage_files, tracking
 from mml.config import Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
 from mml.distributed import World
@@ -354,8 +354,7 @@ class Trainer:
             tracking.client_and_experiment(self.params) if w.main else (None, "")
         )
         if w.main:
-            for tmp in self.out_dir.glob(".*.tmp"):  # half-written files of a killed run
-                tmp.unlink(missing_ok=True)
+            fsio.remove_temp_files(self.out_dir)  # half-written files of a killed run
         state = None if restart else self._saved_state(strict=not restart_if_changed)
         distributed.barrier(w)  # every process has read last.pt before rank 0 replaces it
         if state is not None:

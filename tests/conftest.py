@@ -25,16 +25,20 @@ TINY_SYNTH = dict(
     distractors=1,
     jitter=1.0,
     noise=4.0,
+    object_scale=1.0,  # the fixture's look when it was made (mml.config's defaults differed)
+    texture=1.0,
+    dark_share=0.0,
 )
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A 4-class synthetic SSv2-format dataset, 12 train + 8 val videos of 32x32 px."""
-    from mml.data.synth import SynthSpec, generate
+    from mml.config import SynthConfig
+    from mml.data.synth import generate
 
     root = tmp_path_factory.mktemp("data") / "synthetic"
-    generate(root, SynthSpec(**{**TINY_SYNTH, "frames": tuple(TINY_SYNTH["frames"])}))
+    generate(root, SynthConfig(**TINY_SYNTH))
     return root
 
 

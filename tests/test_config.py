@@ -6,8 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel, TypeAdapter
+from typer.testing import CliRunner
 
-from mml.config import ConfigError, load_params
+from mml.cli import app
+from mml.config import ClipConfig, ConfigError, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +76,7 @@ def test_stage_overrides_apply_and_are_validated(tmp_path):
     )
     params = load_params(path)
     assert params.for_stage("s").clip.segments == 1
-    assert params.clip.segments == 8
+    assert params.clip.segments == ClipConfig().segments  # the stage's own copy changed
     with pytest.raises(ConfigError, match=r"(?s)stages.bad.overrides.*clip.segmnts: unknown key"):
         params.for_stage("bad")
     with pytest.raises(ConfigError, match="no stage 'nope'.*known: bad, s"):
@@ -107,3 +111,56 @@ def test_help_is_fast_and_imports_no_torch():
     proc = subprocess.run([sys.executable, "-m", "mml", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "evaluate" in proc.stdout
     assert time.perf_counter() - start < 3.0  # generous for a loaded CI box; ~0.2 s here
+
+
+# Keys whose params.yaml value is this repository's own choice, not a default for any project.
+NOT_DEFAULTS = {
+    "ensemble.candidates": "names this repository's stages; the default () means every model",
+    "stages": "this repository's training stages; a project without stages has none",
+}
+
+
+def _defaults_vs_file(model: type[BaseModel], raw: dict, prefix: str = "") -> list[str]:
+    """'key: default X, file Y' for every leaf with a default that differs from the file."""
+    wrong = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if field.exclude or key in NOT_DEFAULTS or name not in raw:
+            continue
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            wrong += _defaults_vs_file(field.annotation, raw[name], f"{key}.")
+            continue
+        if field.is_required():
+            continue
+        adapter = TypeAdapter(field.annotation)
+        default = adapter.dump_python(field.get_default(call_default_factory=True), mode="json")
+        in_file = adapter.dump_python(adapter.validate_python(raw[name]), mode="json")
+        if default != in_file:
+            wrong.append(f"{key}: default {default!r}, params.yaml {in_file!r}")
+    return wrong
+
+
+def test_pydantic_defaults_equal_the_repository_params_yaml():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert _defaults_vs_file(Params, raw) == []
+    for key in NOT_DEFAULTS:  # the exceptions are real keys of the file
+        section, _, leaf = key.rpartition(".")
+        assert leaf in (raw[section] if section else raw)
+
+
+def test_the_defaults_check_sees_a_disagreement():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["tune"]["pruner"]["warmup_epochs"] += 1
+    raw["synth"]["frames"] = [2, 3]
+    assert _defaults_vs_file(Params, raw) == [
+        "synth.frames: default [20, 32], params.yaml [2, 3]",
+        "tune.pruner.warmup_epochs: default 2, params.yaml 3",
+    ]
+
+
+def test_predict_outside_a_project_needs_a_model_uri(tmp_path, monkeypatch):
+    """Without params.yaml, no params defaults pick the model (or the store): --model is asked."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["predict", "video.mp4"])
+    assert result.exit_code == 2 and "no params.yaml here" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -7,15 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from videos import synth_config
 
-from mml.data import synth_charades
-from mml.data.synth import SynthSpec, generate
+from mml.data.synth import generate
 
 pytestmark = pytest.mark.slow  # git, `dvc repro` and `dvc exp run` in subprocesses
 
@@ -99,7 +98,7 @@ def stand_in(root: Path, dataset: str) -> Path:
     if dataset == "ssv2":  # labels.json, train.json, validation.json, videos/<id>.webm
         generate(raw, TINY_SPEC)
     else:  # Charades CSVs, Charades_v1_480/<id>.mp4
-        synth_charades.generate(raw, replace(TINY_SPEC, codec="h264"), actions=(1, 2))
+        generate(raw, TINY_SPEC.model_copy(update=CHARADES_STAND_IN))
         (raw / "videos").rename(raw / "Charades_v1_480")
     run("dvc", "add", f"data/raw/{dataset}", cwd=here)
     commit(repo, f"{dataset} stand-in")
@@ -203,7 +202,8 @@ def test_dvc_exp_run_sets_a_stage_param(pipeline):
     assert "0.5" in shown
 
 
-TINY_SPEC = SynthSpec(
+CHARADES_STAND_IN = {"codec": "h264", "multilabel": True, "actions": (1, 2)}
+TINY_SPEC = synth_config(
     seed=4, train_per_class=2, val_per_class=1, frames=(8, 10), height=32, width=32, num_classes=3
 )
 

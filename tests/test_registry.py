@@ -203,6 +203,20 @@ def test_predict_with_the_ensemble_computes_flow_itself(promoted, odd_videos):
     assert result.output.count("probability") == 2  # one table per video
 
 
+def test_predict_outside_the_project_uses_only_the_model_package(
+    promoted, odd_videos, tmp_path, monkeypatch
+):
+    """No params.yaml: the package's settings (views, size, flow) predict, as in the project."""
+    model = "models:/mml-tiny-ensemble@champion"
+    args = ["predict", str(odd_videos[0]), "--json", "--model", model]
+    inside = runner.invoke(app, args)
+    monkeypatch.chdir(tmp_path)
+    outside = runner.invoke(app, args)
+    assert inside.exit_code == 0 and outside.exit_code == 0, outside.output
+    assert json.loads(outside.output) == json.loads(inside.output)
+    assert list(tmp_path.iterdir()) == []  # no store, no experiment made here
+
+
 def test_predict_without_a_registered_model_is_a_clear_error(promoted):
     result = runner.invoke(app, ["predict", "x.mp4", "--model", "models:/nope@champion"])
     assert result.exit_code == 2 and "mml promote" in result.output

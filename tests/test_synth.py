@@ -7,19 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from videos import render_video
+from videos import render_video, synth_config
 
 from mml.data.annotations import label_counts, read_ssv2
 from mml.data.synth import (
     CLASS_TEMPLATES,
-    SynthSpec,
     draw_video,
     generate,
     plan_video,
     track_alpha,
 )
 
-CLEAN = SynthSpec(distractors=0, jitter=0.0, noise=0.0, num_classes=len(CLASS_TEMPLATES))
+CLEAN = synth_config(distractors=0, jitter=0.0, noise=0.0, num_classes=len(CLASS_TEMPLATES))
 SEEDS = range(6)
 
 
@@ -43,7 +42,7 @@ def _target_moments(class_id: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def test_render_video_is_deterministic():
-    spec = SynthSpec()
+    spec = synth_config()
     a, names_a = render_video(3, np.random.default_rng(7), spec)
     b, names_b = render_video(3, np.random.default_rng(7), spec)
     c, _ = render_video(3, np.random.default_rng(8), spec)
@@ -81,7 +80,7 @@ def test_pixels_show_the_target_where_its_coverage_is():
 )
 def test_inverse_classes_are_the_same_frames_played_backwards(forward, backward):
     # so the set of frames (what a single-frame model sees) cannot tell the pair apart
-    spec = SynthSpec(noise=0.0, distractors=2, num_classes=len(CLASS_TEMPLATES))
+    spec = synth_config(noise=0.0, distractors=2, num_classes=len(CLASS_TEMPLATES))
     for seed in range(3):
         a, names_a = render_video(_class(forward), np.random.default_rng(seed), spec)
         b, names_b = render_video(_class(backward), np.random.default_rng(seed), spec)
@@ -160,7 +159,7 @@ def test_circle_direction():
 
 # ---------------------------------------------------------------- the dataset on disk
 
-TINY = SynthSpec(train_per_class=2, val_per_class=1, frames=(6, 9), height=32, width=32)
+TINY = synth_config(train_per_class=2, val_per_class=1, frames=(6, 9), height=32, width=32)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -212,7 +211,7 @@ def test_generate_is_reproducible_and_independent_of_workers(tiny, tmp_path):
 
 
 def test_generate_with_another_spec_replaces_everything(tiny, tmp_path):
-    other = SynthSpec(**{**TINY.__dict__, "seed": 1, "train_per_class": 1})
+    other = synth_config(**{**TINY.model_dump(), "seed": 1, "train_per_class": 1})
     changed = tmp_path / "changed"
     changed.mkdir()
     for name, data in _files(tiny).items():
@@ -242,7 +241,7 @@ def test_object_texture_is_painted_on_the_object_and_moves_with_it():
 
     from mml.data.synth import track_shade
 
-    spec = replace(CLEAN, object_texture=0.8)
+    spec = CLEAN.model_copy(update={"object_texture": 0.8})
     left_to_right = _class("Moving [something] from left to right")
     plan = plan_video(left_to_right, np.random.default_rng(2), spec)
     track = plan.tracks[plan.target]
@@ -260,12 +259,11 @@ def test_object_texture_is_painted_on_the_object_and_moves_with_it():
 
 
 def test_dark_share_puts_dark_objects_on_light_backgrounds_in_that_share_of_videos():
-    from dataclasses import replace
 
     from mml.data.synth import tones
 
     def target_minus_background(seed: int, share: float) -> float:
-        spec = replace(CLEAN, dark_share=share)
+        spec = CLEAN.model_copy(update={"dark_share": share})
         plan = plan_video(_class("Moving [something] up"), np.random.default_rng(seed), spec)
         body, _ = track_alpha(plan.tracks[plan.target], spec.height, spec.width)
         frames = draw_video(plan).astype(np.float32).mean(-1)
@@ -274,7 +272,7 @@ def test_dark_share_puts_dark_objects_on_light_backgrounds_in_that_share_of_vide
 
     assert all(target_minus_background(seed, 0.0) > 30 for seed in SEEDS)
     assert all(target_minus_background(seed, 1.0) < -30 for seed in SEEDS)
-    rng, spec = np.random.default_rng(0), replace(CLEAN, dark_share=0.3)
+    rng, spec = np.random.default_rng(0), CLEAN.model_copy(update={"dark_share": 0.3})
     dark = np.mean([tones(rng, spec)[0] == "dark" for _ in range(4000)])
     assert abs(dark - 0.3) < 0.03
-    assert tones(rng, replace(spec, bright_objects=False)) == (None, None)
+    assert tones(rng, spec.model_copy(update={"bright_objects": False})) == (None, None)

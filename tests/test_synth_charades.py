@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from videos import synth_config
 
 from mml.config import ConfigError, DatasetConfig
 from mml.data.annotations import label_counts
 from mml.data.dataset import load_split
-from mml.data.synth import CLASS_TEMPLATES, SynthSpec
-from mml.data.synth_charades import (
+from mml.data.synth import CLASS_TEMPLATES
+from mml.data.synth.charades import (
     CLASSES_FILE,
     TRAIN_FILE,
     VAL_FILE,
@@ -23,7 +23,10 @@ from mml.data.synth_charades import (
 )
 from mml.data.video import num_frames, probe
 
-TINY = SynthSpec(
+ACTIONS = (1, 3)
+TINY = synth_config(
+    multilabel=True,
+    actions=ACTIONS,
     seed=5,
     train_per_class=2,
     val_per_class=1,
@@ -33,7 +36,6 @@ TINY = SynthSpec(
     num_classes=5,
     distractors=1,
 )
-ACTIONS = (1, 3)
 CHARADES = DatasetConfig(
     format="charades", labels=CLASSES_FILE, train=TRAIN_FILE, val=VAL_FILE, ext=".webm"
 )
@@ -42,7 +44,7 @@ CHARADES = DatasetConfig(
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("charades")
-    generate(root, TINY, actions=ACTIONS)
+    generate(root, TINY)
     return root
 
 
@@ -88,39 +90,39 @@ def test_rows_span_the_whole_video_and_match_the_files(tiny_root):
 
 
 def test_output_does_not_depend_on_workers(tiny_root, tmp_path):
-    generate(tmp_path, TINY, actions=ACTIONS, workers=2)
+    generate(tmp_path, TINY, workers=2)
     assert _files(tmp_path) == _files(tiny_root)
 
 
 def test_generate_is_incremental_and_redraws_on_a_new_spec(tmp_path):
     calls = []
-    generate(tmp_path, TINY, actions=ACTIONS, progress=lambda done, total: calls.append(total))
+    generate(tmp_path, TINY, progress=lambda done, total: calls.append(total))
     total = TINY.num_classes * (TINY.train_per_class + TINY.val_per_class)
     assert calls == [total] * total
     videos = sorted((tmp_path / "videos").iterdir())
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in videos}
     leftover = tmp_path / "videos" / ".3.webm.k1ll3d.tmp"  # a killed run's temp file
     leftover.write_bytes(b"partial")
-    generate(tmp_path, TINY, actions=ACTIONS)
+    generate(tmp_path, TINY)
     assert {
         p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in videos
     } == before
     assert not leftover.exists()
 
-    smaller = replace(TINY, noise=TINY.noise + 5, train_per_class=1)
-    generate(tmp_path, smaller, actions=ACTIONS)
+    smaller = TINY.model_copy(update={"noise": TINY.noise + 5, "train_per_class": 1})
+    generate(tmp_path, smaller)
     after = sorted((tmp_path / "videos").iterdir())
     assert len(after) == smaller.num_classes * 2  # stale videos of the larger spec are gone
     assert all(p.read_bytes() != before[p.name][2] for p in after)
 
     inodes = {p.name: p.stat().st_ino for p in after}  # a rewrite replaces the file
-    generate(tmp_path, smaller, actions=(2, 2))  # `actions` is part of the spec as well
+    generate(tmp_path, smaller.model_copy(update={"actions": (2, 2)}))  # part of the spec too
     assert all(p.stat().st_ino != inodes[p.name] for p in after)
     ann = load_split(CHARADES.model_copy(update={"root": tmp_path}), "train")
     assert all(len(r.labels) == 2 for r in ann.records)
 
 
-MOTION = SynthSpec(num_classes=len(CLASS_TEMPLATES), distractors=2)
+MOTION = synth_config(num_classes=len(CLASS_TEMPLATES), distractors=2)
 
 
 def _trend(values: np.ndarray) -> int:
@@ -156,7 +158,7 @@ def test_each_object_does_its_own_class_motion(seed):
         assert _trend(getattr(plan.tracks[target], field)) == sign, (c, field)
     fixed_size = [t for c, t in zip(class_ids, plan.targets, strict=True) if c not in (4, 5)]
     largest = max(float(plan.tracks[t].radius.max()) for t in fixed_size)
-    assert largest <= 0.8 * 0.15 * MOTION.height  # synth.py's targets reach 15% of the side
+    assert largest <= 0.8 * 0.15 * MOTION.height  # motion.py's targets reach 15% of the side
 
 
 @pytest.mark.parametrize("seed", range(4))

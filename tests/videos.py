@@ -8,7 +8,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from mml.data.synth import SynthSpec, draw_video, plan_video
+from mml.config import SynthConfig
+from mml.data.synth import draw_video, plan_video
+
+# The synthetic-data settings the synth tests were written for: 64 px, full-contrast textures
+# (mml.config's defaults before issue 14 made them params.yaml's 32-px values). Their geometry
+# checks (motion direction, object sizes, pixel positions) are stated for these.
+SYNTH_64 = dict(
+    seed=0,
+    train_per_class=64,
+    val_per_class=12,
+    frames=(24, 40),
+    height=64,
+    width=64,
+    num_classes=10,
+    distractors=2,
+    jitter=1.5,
+    noise=6.0,
+    object_scale=1.0,
+    dark_share=0.0,
+    texture=1.0,
+)
+
+
+def synth_config(**changes) -> SynthConfig:
+    """A validated `SynthConfig`: SYNTH_64 with `changes`."""
+    return SynthConfig(**{**SYNTH_64, **changes})
+
 
 # Index pattern: a 4x4 grid of blocks, 12 bits of frame index and a 4-bit checksum.
 _GRID = 4
@@ -70,7 +96,7 @@ def _block(bit: int, height: int, width: int) -> tuple[slice, slice]:
 
 
 def render_video(
-    class_id: int, rng: np.random.Generator, spec: SynthSpec
+    class_id: int, rng: np.random.Generator, spec: SynthConfig
 ) -> tuple[np.ndarray, list[str]]:
     """One video of class `class_id`: frames (T, H, W, 3) uint8 RGB and the placeholders."""
     plan = plan_video(class_id, rng, spec)

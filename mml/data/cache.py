@@ -16,11 +16,9 @@ Readers open files with :func:`open_cached` (memory-mapped: a clip reads only it
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,9 +29,9 @@ import numpy as np
 from mml.data.annotations import VideoRecord
 from mml.data.flow import ALGORITHMS, compute_flow, quantize_diff, quantize_flow, rgb_diff
 from mml.data.video import VideoDecodeError, num_frames, read_frames
-from mml.fsio import atomic_write, atomic_write_text
+from mml.fsio import atomic_write, atomic_write_text, remove_temp_files
 from mml.progress import progress_bar
-from mml.workers import end_with
+from mml.workers import run_parallel
 
 CacheKind = Literal["flow", "diff"]
 # Bump when the bytes written for the same settings change; old caches are then rebuilt.
@@ -121,8 +119,7 @@ def _check_unique_ids(records: Sequence[VideoRecord]) -> None:
 def _prepare_dir(cache_dir: Path, settings: dict[str, Any]) -> int:
     """Remove stale files, write settings.json; return how many .npy files were invalidated."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in cache_dir.glob(".*.tmp"):  # temp files of a killed build (mml.fsio names)
-        tmp.unlink(missing_ok=True)
+    remove_temp_files(cache_dir)  # of a killed build
     settings_path = cache_dir / SETTINGS_FILE
     try:
         existing = json.loads(settings_path.read_text(encoding="utf-8"))
@@ -145,41 +142,33 @@ def _build_all(
     show_progress: bool,
     report: CacheReport,
 ) -> None:
+    kind = settings["kind"]
     algorithm, bound = settings.get("algorithm", ""), settings.get("bound", 0.0)
-    # Not "fork": a forked child deadlocks if the parent's OpenCV/decoder thread pools held a
-    # lock at fork time (seen after compute_flow in the parent). forkserver children start clean.
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(
-        min(workers, len(todo)),
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(os.getpid(),),
-    ) as pool:
-        kind = settings["kind"]
-        futures = {
-            pool.submit(
-                _build_one, str(r.path), str(cache_path(cache_dir, r.id)), kind, algorithm, bound
-            ): r.id
-            for r in todo
-        }
-        with progress_bar(f"{settings['kind']} cache", len(todo), show_progress) as advance:
-            for future in as_completed(futures):
-                error = future.result()
-                if error is None:
-                    report.built += 1
-                else:
-                    report.broken.append((futures[future], error))
-                advance()
+    tasks = [(str(r.path), str(cache_path(cache_dir, r.id)), kind, algorithm, bound) for r in todo]
+    with progress_bar(f"{kind} cache", len(todo), show_progress) as advance:
+        # always worker processes (even one): OpenCV runs one thread there, see _one_thread
+        errors = run_parallel(
+            _build_one,
+            tasks,
+            max(workers, 1),
+            progress=lambda _done, _total: advance(),
+            initializer=_one_thread,
+        )
+    for record, error in zip(todo, errors, strict=True):
+        if error is None:
+            report.built += 1
+        else:
+            report.broken.append((record.id, error))
 
 
-def _init_worker(parent: int) -> None:
+def _one_thread() -> None:
     # One OpenCV thread per process: the pool is the parallelism, and results are reproducible.
     cv2.setNumThreads(1)
-    end_with(parent)
 
 
-def _build_one(video: str, out: str, kind: str, algorithm: str, bound: float) -> str | None:
+def _build_one(task: tuple[str, str, str, str, float]) -> str | None:
     """Compute and save one video's cache; return why it failed, or None."""
+    video, out, kind, algorithm, bound = task
     try:
         count = num_frames(Path(video))
         if count < 2:

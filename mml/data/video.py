@@ -126,6 +126,13 @@ def _open_encoder(stream: av.VideoStream, path: Path) -> None:
         ) from err
 
 
+def suffix_for(codec: str) -> str:
+    """The file suffix `write_video` uses for `codec`: ".webm" (vp9, vp8) or ".mp4" (h264)."""
+    if codec not in _ENCODERS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(_ENCODERS)}")
+    return _ENCODERS[codec][1]
+
+
 def _encoder_for(path: Path, codec: str) -> tuple[str, str, str, dict[str, str]]:
     if codec not in _ENCODERS:
         raise ValueError(f"unknown codec {codec!r} for {path}; choose one of {sorted(_ENCODERS)}")

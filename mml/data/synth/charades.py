@@ -1,55 +1,58 @@
 """The Charades-like multi-label variant of the synthetic dataset: several actions per video.
 
-Each video shows K objects (K drawn uniformly from `actions`), each doing the motion of its own
-class (K distinct classes), plus the distractors of `mml.data.synth`. Inverse classes work per
-object: its track alone is played backwards ("push" is mirrored instead), so two objects of one
-family (left to right and right to left) may share a video. Annotations are Charades CSVs; every
-action spans the whole video (0 to frames/fps s): real Charades actions cover sub-intervals, but
-the loader only uses a video's label set. Rendering, codec, sizes and the on-disk contract
-(atomic files, incremental spec.json, determinism) are those of `mml.data.synth`.
+Each video shows K objects (K drawn uniformly from `synth.actions`), each doing the motion of
+its own class (K distinct classes), plus the distractors of `mml.data.synth.motion`. Inverse
+classes work per object: its track alone is played backwards ("push" is mirrored instead), so two
+objects of one family (left to right and right to left) may share a video. Annotations are
+Charades CSVs; every action spans the whole video (0 to frames/fps s): real Charades actions
+cover sub-intervals, but the loader only uses a video's label set. Rendering, codec, sizes and
+the on-disk contract (atomic files, incremental spec.json, determinism) are those of
+`mml.data.synth.motion`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from mml.config import ConfigError, DatasetConfig
-from mml.data.synth import (
-    _FAMILIES,
-    CLASS_TEMPLATES,
-    SYNTH_VERSION,
-    SynthSpec,
-    Track,
-    VideoPlan,
-    _background,
-    _distractor,
-    _look,
-    _reverse,
-    _target_motion,
-    camera_shake,
-    draw_video,
+from mml.config import ConfigError, DatasetConfig, SynthConfig
+from mml.data.annotations import write_charades
+from mml.data.synth.draw import Track, VideoPlan, draw_video
+from mml.data.synth.files import (
+    finish_output,
     remove_stale,
-    run_tasks,
-    surface,
-    tones,
+    settings_record,
+    start_output,
+    video_paths,
 )
-from mml.fsio import atomic_write_text
+from mml.data.synth.motion import SYNTH_VERSION
+from mml.data.synth.plan import (
+    FAMILIES,
+    class_names,
+    distractor,
+    mirrored_track,
+    object_look,
+    plan_scene,
+    reversed_track,
+    surface,
+    target_motion,
+)
+from mml.data.video import suffix_for, write_video
+from mml.workers import run_parallel
 
 CLASSES_FILE = "Charades_v1_classes.txt"
 TRAIN_FILE = "Charades_v1_train.csv"
 VAL_FILE = "Charades_v1_test.csv"  # Charades' test split serves as validation
-# Bump when this module's planning changes (synth.SYNTH_VERSION covers the shared rendering).
+# Bump when this module's planning changes (motion.SYNTH_VERSION covers the shared parts).
 VERSION = 1
 # Objects at 3/4 of the SSv2 synth's size: a target's radius is then 7-11% of the frame side
 # (4-7 px at 64x64), so up to 3 targets and 2 distractors cover ~20% of the frame instead of
 # ~35%, and crossing paths hide each other briefly instead of for most of the video.
 SIZE_FACTOR = 0.75
-_STREAM = 7  # synth.py seeds video n with [seed, n]; ours are [seed, 7, n], n >= 1
+_STREAM = 7  # motion.py seeds video n with [seed, n]; ours are [seed, 7, n], n >= 1
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class MultiLabelPlan(VideoPlan):
 
 
 def plan_multilabel_video(
-    class_ids: Sequence[int], rng: np.random.Generator, spec: SynthSpec
+    class_ids: Sequence[int], rng: np.random.Generator, spec: SynthConfig
 ) -> MultiLabelPlan:
     """Draw every random choice of one video in which object i performs class `class_ids[i]`."""
     class_ids = tuple(int(c) for c in class_ids)
@@ -73,27 +76,25 @@ def plan_multilabel_video(
     if not all(0 <= c < spec.num_classes for c in class_ids):
         raise ValueError(f"class ids {class_ids} out of range 0..{spec.num_classes - 1}")
     h, w = spec.height, spec.width
-    frames = int(rng.integers(spec.frames[0], spec.frames[1] + 1))
-    pad, shifts = camera_shake(rng, frames, spec.jitter)
-    tone, bg_tone = tones(rng, spec)
-    background, bg_colours = _background(rng, h + 2 * pad, w + 2 * pad, spec.texture, bg_tone)
+    scene = plan_scene(rng, spec)
+    frames, colours, tone = scene.frames, scene.background_colours, scene.tone
     scale = SIZE_FACTOR * spec.object_scale
     tracks: list[Track] = []
     used: list[str] = []  # target colours, which no later object takes (of 12, spare 2)
     for c in class_ids:
-        look = _look(rng, bg_colours, exclude=used[-10:], tone=tone)
+        look = object_look(rng, colours, exclude=used[-10:], tone=tone)
         used.append(look[1])
-        motion = _target_motion(_FAMILIES[c // 2], rng, frames, h, w, scale)
+        motion = target_motion(FAMILIES[c // 2], rng, frames, h, w, scale)
         track = Track(*look, **motion, pattern=surface(rng, spec.object_texture))
-        if c % 2 and _FAMILIES[c // 2] == "push":  # pushed the other way: mirror the path
-            track = replace(track, x=(w - 1 - track.x).astype(np.float32))
+        if c % 2 and FAMILIES[c // 2] == "push":  # pushed the other way: mirror the path
+            track = mirrored_track(track, w)
         elif c % 2:  # the inverse class is this object's motion played backwards
-            track = _reverse(track)
+            track = reversed_track(track)
         tracks.append(track)
     for _ in range(int(rng.integers(0, spec.distractors + 1))):
-        look = _look(rng, bg_colours, exclude=used[-10:], tone=tone)
-        distractor = _distractor(rng, frames, h, w, look, scale)
-        tracks.append(replace(distractor, pattern=surface(rng, spec.object_texture)))
+        look = object_look(rng, colours, exclude=used[-10:], tone=tone)
+        other = distractor(rng, frames, h, w, look, scale)
+        tracks.append(replace(other, pattern=surface(rng, spec.object_texture)))
     order = [int(i) for i in rng.permutation(len(tracks))]  # drawing order, back to front
     targets = tuple(order.index(i) for i in range(len(class_ids)))
     noise_seed = int(rng.integers(2**63))
@@ -101,8 +102,8 @@ def plan_multilabel_video(
         class_ids[0],
         h,
         w,
-        background,
-        shifts,
+        scene.background,
+        scene.shifts,
         tuple(tracks[i] for i in order),
         targets[0],
         spec.noise,
@@ -110,12 +111,6 @@ def plan_multilabel_video(
         class_ids=class_ids,
         targets=targets,
     )
-
-
-def _suffix(codec: str) -> str:
-    from mml.data.video import _ENCODERS  # imports av before decord
-
-    return _ENCODERS[codec][1]
 
 
 def check_dataset_config(dataset: DatasetConfig, source: str, codec: str = "vp9") -> None:
@@ -126,7 +121,7 @@ def check_dataset_config(dataset: DatasetConfig, source: str, codec: str = "vp9"
         "train": TRAIN_FILE,
         "val": VAL_FILE,
         "video_dir": "videos",
-        "ext": _suffix(codec),
+        "ext": suffix_for(codec),
     }
     wrong = [(k, getattr(dataset, k), v) for k, v in expected.items() if getattr(dataset, k) != v]
     if wrong:
@@ -138,11 +133,11 @@ def check_dataset_config(dataset: DatasetConfig, source: str, codec: str = "vp9"
         )
 
 
-def _layout(spec: SynthSpec, actions: tuple[int, int]) -> list[tuple[str, tuple[int, ...]]]:
+def _layout(spec: SynthConfig) -> list[tuple[str, tuple[int, ...]]]:
     """(split, class ids) of videos 1..N: per split, each class is used equally often (+-1)."""
     # [seed, 7] and [seed, 7, 0] equal synth.py's stream of video 7 (SeedSequence pads with 0)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _STREAM, 0, 1]))
-    low, high = (min(a, spec.num_classes) for a in actions)
+    low, high = (min(a, spec.num_classes) for a in spec.actions)
     layout = []
     for split, per_class in (("train", spec.train_per_class), ("val", spec.val_per_class)):
         counts = np.zeros(spec.num_classes, int)
@@ -155,10 +150,8 @@ def _layout(spec: SynthSpec, actions: tuple[int, int]) -> list[tuple[str, tuple[
     return layout
 
 
-def _make_video(task: tuple[SynthSpec, int, tuple[int, ...], Path, bool]) -> float:
+def _make_video(task: tuple[SynthConfig, int, tuple[int, ...], Path, bool]) -> float:
     """Write one video (unless `keep` and it exists); return its length in seconds."""
-    from mml.data.video import write_video
-
     spec, number, class_ids, path, keep = task
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _STREAM, number]))
     plan = plan_multilabel_video(class_ids, rng, spec)
@@ -167,54 +160,45 @@ def _make_video(task: tuple[SynthSpec, int, tuple[int, ...], Path, bool]) -> flo
     return len(plan.shifts) / spec.fps
 
 
-def _spec_json(spec: SynthSpec, actions: tuple[int, int]) -> dict:
+def _record(spec: SynthConfig) -> dict:
+    """What spec.json holds: the versions, the variant and every setting."""
     return {
         "synth_version": VERSION,
         "renderer_version": SYNTH_VERSION,
         "variant": "charades",
-        "actions": list(actions),
-        **asdict(spec),
-        "frames": list(spec.frames),
+        "actions": list(spec.actions),
+        **settings_record(spec),
     }
 
 
 def generate(
     out_dir: Path,
-    spec: SynthSpec,
+    spec: SynthConfig,
     *,
-    actions: tuple[int, int] = (1, 3),
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write out_dir/videos/<id>.webm (.mp4 for h264), the classes file, both CSVs, spec.json.
 
     num_classes * train_per_class train videos and num_classes * val_per_class validation
-    videos, with min(actions, num_classes) actions each. As in `mml.data.synth.generate`,
-    spec.json is written last: when it matches, existing videos are kept, otherwise all are
-    redrawn; re-running with the same spec gives identical files, whatever `workers` is.
+    videos, with min(spec.actions, num_classes) actions each (`spec.multilabel` is not read).
+    Existing videos are kept when spec.json matches (see mml.data.synth.files); re-running
+    with the same spec gives identical files, whatever `workers` is (1: this process).
     """
-    if not 1 <= actions[0] <= actions[1]:
-        raise ValueError(f"actions must satisfy 1 <= min <= max, got {actions}")
-    from mml.data.annotations import write_charades
-
     out_dir = Path(out_dir)
-    video_dir = out_dir / "videos"
-    video_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = out_dir / "spec.json"
-    record = _spec_json(spec, actions)
-    keep = spec_path.exists() and json.loads(spec_path.read_text()) == record
-    spec_path.unlink(missing_ok=True)  # until this run completes, the directory is unverified
-    layout = _layout(spec, actions)
-    paths = [video_dir / f"{n}{_suffix(spec.codec)}" for n in range(1, len(layout) + 1)]
+    record = _record(spec)
+    keep = start_output(out_dir, record)
+    layout = _layout(spec)
+    paths = video_paths(out_dir, len(layout), spec.codec)
     tasks = [(spec, n, ids, paths[n - 1], keep) for n, (_, ids) in enumerate(layout, start=1)]
-    lengths = run_tasks(_make_video, tasks, workers, progress)
-    remove_stale(video_dir, paths)
-    classes = [t.replace("[", "").replace("]", "") for t in CLASS_TEMPLATES[: spec.num_classes]]
+    lengths = run_parallel(_make_video, tasks, workers if workers > 1 else 0, progress=progress)
+    remove_stale(out_dir, paths)
     for split, csv_name in (("train", TRAIN_FILE), ("val", VAL_FILE)):
         rows = [
             {"id": str(n), "actions": [(c, 0.0, length) for c in sorted(ids)], "length": length}
             for n, ((s, ids), length) in enumerate(zip(layout, lengths, strict=True), start=1)
             if s == split
         ]
+        classes = class_names(spec.num_classes)
         write_charades(classes, rows, out_dir / csv_name, out_dir / CLASSES_FILE)
-    atomic_write_text(spec_path, json.dumps(record, indent=1) + "\n")
+    finish_output(out_dir, record)
