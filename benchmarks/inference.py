@@ -60,7 +60,7 @@ def main() -> None:
     from mml.data.dataset import load_split
     from mml.models.factory import model_path
     from mml.predictor import VideoPredictor, write_package
-    from mml.registry import ALIAS, package_settings, registered_name
+    from mml.registry import package_settings
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -80,10 +80,8 @@ def main() -> None:
         models = {
             f"CE-RGB baseline ({args.baseline})": singles.pop(args.baseline),
             **{f"single model {ref}": package for ref, package in singles.items()},
-            "promoted RGB": registered_package(f"models:/{registered_name(params, 'rgb')}@{ALIAS}"),
-            "promoted ensemble": registered_package(
-                f"models:/{registered_name(params, 'ensemble')}@{ALIAS}"
-            ),
+            "promoted RGB": registered_package(tracking.champion_uri(params, "rgb")),
+            "promoted ensemble": registered_package(tracking.champion_uri(params, "ensemble")),
         }
         for label, package in models.items():
             predictor = VideoPredictor(package)

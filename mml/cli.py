@@ -386,7 +386,8 @@ def promote(
     """Register the best RGB model and the best ensemble; alias `champion` to the better."""
 
     def action() -> None:
-        from mml.registry import ALIAS, promote
+        from mml.registry import promote
+        from mml.tracking import CHAMPION
 
         decisions = promote(_params(params, overrides), force=force, dry_run=dry_run)
         for d in decisions:
@@ -398,7 +399,9 @@ def promote(
             else:
                 did = [f"version {version} exists"]
             if d.move_alias:
-                did.append(f"{'would move' if dry_run else 'moved'} {ALIAS} to version {version}")
+                did.append(
+                    f"{'would move' if dry_run else 'moved'} {CHAMPION} to version {version}"
+                )
             ms = d.timing.get("ms_per_video")
             timing = f", {ms:.0f} ms/video" if ms else ""
             typer.echo(
