@@ -234,7 +234,11 @@ def _register(
         members = [(ref, model_path(params.paths.checkpoints, ref)) for ref in d.members]
         write_package(package, members, kind=d.kind, **settings)
         timing = time_predictions(VideoPredictor(package), _timing_videos(params))
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        with (
+            tracking.fluent_store(client),
+            mlflow.start_run(run_id=run_id),
+            warnings.catch_warnings(),
+        ):
             # an input example would be a video file; the signature describes the input
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
             info = mlflow.pyfunc.log_model(
@@ -246,7 +250,8 @@ def _register(
                 pip_requirements=_requirements(),
             )
     tags = _version_tags(client, params, d, timing)
-    version = mlflow.register_model(info.model_uri, d.name, tags=tags)
+    with tracking.fluent_store(client):
+        version = mlflow.register_model(info.model_uri, d.name, tags=tags)
     client.update_model_version(d.name, version.version, description=_description(d, timing))
     log.info("%s: registered version %s (%s)", d.name, version.version, d.members)
     return str(version.version), timing
@@ -351,10 +356,11 @@ def load_for_predict(params: Params, uri: str | None):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    tracking.client_and_experiment(params)  # sets the tracking (and registry) URI
+    client, _ = tracking.client_and_experiment(params)
     uri = uri or tracking.champion_uri(params, "rgb")
     try:
-        return mlflow.pyfunc.load_model(uri)
+        with tracking.fluent_store(client):
+            return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(

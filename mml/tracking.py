@@ -6,7 +6,8 @@ filters (existing stores and `mlflow ui` searches depend on them: change none).
 
 One parent run per stage, one nested run per model, created and written through an
 `MlflowClient` bound to the store, with explicit run ids, so several models can log side by
-side and a resumed training continues its own runs.
+side and a resumed training continues its own runs. Nothing here sets MLflow's process-wide
+tracking URI, except `fluent_store` for the duration of the few fluent calls that read it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +136,9 @@ def experiment_name(params: Params) -> str:
 
 
 def client_and_experiment(params: Params) -> tuple[MlflowClient, str]:
-    """A client on the configured store and the id of the dataset's experiment (created once)."""
+    """A client bound to the configured store and the id of the dataset's experiment (created
+    once). MLflow's process-wide tracking URI is left alone: pass the client on."""
     uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
     with fsio.sqlite_init_lock(uri):  # several processes on a new sqlite store: one creates it
         client = MlflowClient(tracking_uri=uri)
         name = experiment_name(params)
@@ -154,6 +156,30 @@ def client_and_experiment(params: Params) -> tuple[MlflowClient, str]:
         if experiment is None:
             raise
         return client, experiment.experiment_id
+
+
+@contextmanager
+def fluent_store(client: MlflowClient) -> Iterator[None]:
+    """Point MLflow's fluent API at `client`'s store for the block, then restore what was set.
+
+    `mlflow.start_run`, `mlflow.pyfunc.log_model`, `mlflow.register_model` and
+    `mlflow.pyfunc.load_model` take no store argument: they read the process-wide tracking URI
+    (and the registry URI, which defaults to it). `mlflow.set_tracking_uri` also exports the
+    URI to $MLFLOW_TRACKING_URI and `set_tracking_uri(None)` deletes that variable, so both
+    the module's value and the variable are restored here, and a user's variable survives.
+    """
+    from mlflow.tracking._tracking_service import utils  # MLflow's own home of the global URI
+
+    variable, previous = os.environ.get(URI_VARIABLE), utils._tracking_uri
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if variable is None:
+            os.environ.pop(URI_VARIABLE, None)
+        else:
+            os.environ[URI_VARIABLE] = variable
 
 
 def git_commit() -> str:

@@ -1,9 +1,25 @@
-"""mml.tracking: the names in the MLflow store."""
+"""mml.tracking: the names in the MLflow store, no process-wide URI side effect."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking._tracking_service import utils as mlflow_uri
+
 from mml import tracking
 from mml.config import Params
+
+
+@pytest.fixture
+def no_global_uri(monkeypatch, tmp_path) -> Path:
+    """No tracking URI set anywhere (module value, variable), cwd an empty directory."""
+    monkeypatch.setattr(mlflow_uri, "_tracking_uri", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def test_names_in_the_store_stay_as_they_are():
@@ -25,3 +41,32 @@ def test_names_in_the_store_stay_as_they_are():
         "tags.`mml.role` = 'study' and tags.`mml.study` = 'mml-ssv2-mml'"
     )
     assert tracking.trial_tags("s", 3) == {"mml.trial": "3", "mml.study": "s"}
+
+
+def test_client_and_experiment_leaves_the_process_wide_uri_alone(no_global_uri):
+    uri = f"sqlite:///{no_global_uri / 'store' / 'mlflow.db'}"
+    (no_global_uri / "store").mkdir()
+    params = Params.model_validate({"dataset": {"name": "tiny"}, "tracking": {"uri": uri}})
+    before = mlflow.get_tracking_uri()
+    client, experiment_id = tracking.client_and_experiment(params)
+    assert mlflow.get_tracking_uri() == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert client.tracking_uri == uri
+    experiment = client.get_experiment(experiment_id)
+    assert experiment.name == "mml-tiny"
+    # a sqlite store named by params keeps its artifacts beside the database
+    assert experiment.artifact_location == (no_global_uri / "store" / "artifacts").as_uri()
+
+
+def test_fluent_store_restores_the_uri_and_the_users_variable(no_global_uri, monkeypatch):
+    client = mlflow.MlflowClient(f"sqlite:///{no_global_uri / 'a.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///users.db")
+    with tracking.fluent_store(client):
+        assert mlflow.get_tracking_uri() == client.tracking_uri
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///users.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///other.db")
+    assert mlflow.get_tracking_uri() == "sqlite:///other.db"  # no module value left behind
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(KeyError), tracking.fluent_store(client):
+        raise KeyError("inside")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
