@@ -12,6 +12,7 @@ tracking URI, except `fluent_store` for the duration of the few fluent calls tha
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -182,8 +183,12 @@ def fluent_store(client: MlflowClient) -> Iterator[None]:
             os.environ[URI_VARIABLE] = variable
 
 
+@functools.cache
 def git_commit() -> str:
-    """HEAD's commit hash (with '-dirty' when the tree has changes), or 'unknown'."""
+    """HEAD's commit hash (with '-dirty' when the tree has changes), or 'unknown'.
+
+    Computed once per process (in the working directory of the first call): every run of a
+    process records the same code."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10

@@ -1,8 +1,9 @@
-"""mml.tracking: the names in the MLflow store, no process-wide URI side effect."""
+"""mml.tracking: the names in the MLflow store, no process-wide URI side effect, git once."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -70,3 +71,19 @@ def test_fluent_store_restores_the_uri_and_the_users_variable(no_global_uri, mon
     with pytest.raises(KeyError), tracking.fluent_store(client):
         raise KeyError("inside")
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_git_commit_runs_git_once_per_process(monkeypatch):
+    real_run, commands = subprocess.run, []
+
+    def counting_run(args, *rest, **kwargs):
+        commands.append(args[:2])
+        return real_run(args, *rest, **kwargs)
+
+    tracking.git_commit.cache_clear()
+    monkeypatch.setattr(tracking.subprocess, "run", counting_run)
+    first = tracking.git_commit()
+    assert [tracking.git_commit() for _ in range(3)] == [first] * 3
+    assert commands == [["git", "rev-parse"], ["git", "status"]]
+    monkeypatch.setattr(tracking.subprocess, "run", real_run)
+    assert tracking.git_commit.__wrapped__() == first  # what every call computed before
