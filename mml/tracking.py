@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as mlflow_uri_state  # the URI's home
 
 from mml import fsio
 from mml.config import Params, StageConfig
@@ -115,6 +116,7 @@ def study_filter(study: str) -> str:
 
 
 def trial_run_name(stage: str, number: int) -> str:
+    """The name of trial `number`'s stage run (the study run is 'tune <stage>')."""
     return f"{stage} trial {number}"
 
 
@@ -125,7 +127,7 @@ def trial_tags(study: str, number: int) -> dict[str, str]:
 
 def tracking_uri(params: Params) -> str:
     """$MLFLOW_TRACKING_URI, else `tracking.uri`, else sqlite:///mlruns/mlflow.db (absolute)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    uri = os.environ.get(URI_VARIABLE) or params.tracking.uri
     if uri:
         return uri
     DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
@@ -148,7 +150,7 @@ def client_and_experiment(params: Params) -> tuple[MlflowClient, str]:
         return client, experiment.experiment_id
     location = None
     if uri.startswith("sqlite:///") and not os.environ.get(URI_VARIABLE):
-        # keep artifacts beside the database, not in ./mlartifacts of whatever cwd
+        # keep artifacts beside the database, not in ./mlruns of whatever cwd (MLflow's default)
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
     try:
         return client, client.create_experiment(name, artifact_location=location)
@@ -169,9 +171,7 @@ def fluent_store(client: MlflowClient) -> Iterator[None]:
     URI to $MLFLOW_TRACKING_URI and `set_tracking_uri(None)` deletes that variable, so both
     the module's value and the variable are restored here, and a user's variable survives.
     """
-    from mlflow.tracking._tracking_service import utils  # MLflow's own home of the global URI
-
-    variable, previous = os.environ.get(URI_VARIABLE), utils._tracking_uri
+    variable, previous = os.environ.get(URI_VARIABLE), mlflow_uri_state._tracking_uri
     mlflow.set_tracking_uri(client.tracking_uri)
     try:
         yield
