@@ -34,11 +34,14 @@ def measure(predictor, records) -> tuple[float, float]:
     return 100 * correct / len(records), timing["ms_per_video"]
 
 
-def registered_package(uri: str) -> Path:
-    """The local package directory of a registered mml model."""
+def registered_package(client, uri: str) -> Path:
+    """The local package directory of a registered mml model in `client`'s store."""
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "package"
+    from mml import tracking
+
+    with tracking.fluent_store(client):  # models:/ URIs resolve in the process-wide registry
+        return Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "package"
 
 
 def main() -> None:
@@ -60,12 +63,12 @@ def main() -> None:
     from mml.data.dataset import load_split
     from mml.models.factory import model_path
     from mml.predictor import VideoPredictor, write_package
-    from mml.registry import ALIAS, package_settings, registered_name
+    from mml.registry import package_settings
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     params = load_params(args.params)
-    tracking.client_and_experiment(params)
+    client, _ = tracking.client_and_experiment(params)
     ann = load_split(params.dataset, "val")
     records = ann.records[: args.videos or None]
     rows = []
@@ -80,9 +83,9 @@ def main() -> None:
         models = {
             f"CE-RGB baseline ({args.baseline})": singles.pop(args.baseline),
             **{f"single model {ref}": package for ref, package in singles.items()},
-            "promoted RGB": registered_package(f"models:/{registered_name(params, 'rgb')}@{ALIAS}"),
+            "promoted RGB": registered_package(client, tracking.champion_uri(params, "rgb")),
             "promoted ensemble": registered_package(
-                f"models:/{registered_name(params, 'ensemble')}@{ALIAS}"
+                client, tracking.champion_uri(params, "ensemble")
             ),
         }
         for label, package in models.items():

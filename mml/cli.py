@@ -395,7 +395,8 @@ def promote(
     """Register the best RGB model and the best ensemble; alias `champion` to the better."""
 
     def action() -> None:
-        from mml.registry import ALIAS, promote
+        from mml.registry import promote
+        from mml.tracking import CHAMPION
 
         decisions = promote(_params(params, overrides), force=force, dry_run=dry_run)
         for d in decisions:
@@ -407,7 +408,9 @@ def promote(
             else:
                 did = [f"version {version} exists"]
             if d.move_alias:
-                did.append(f"{'would move' if dry_run else 'moved'} {ALIAS} to version {version}")
+                did.append(
+                    f"{'would move' if dry_run else 'moved'} {CHAMPION} to version {version}"
+                )
             ms = d.timing.get("ms_per_video")
             timing = f", {ms:.0f} ms/video" if ms else ""
             typer.echo(
@@ -438,7 +441,7 @@ def predict(
     def action() -> int:
         from mml import tracking
         from mml.config import ConfigError
-        from mml.registry import champion_uri, load_for_predict
+        from mml.registry import load_for_predict
 
         if quiet:  # MLflow's progress bars while it downloads the model
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
@@ -454,7 +457,7 @@ def predict(
             uri, store = model, tracking.store_uri(None)
         else:
             p = _params(params, overrides)
-            uri, store = model or champion_uri(p), tracking.tracking_uri(p)
+            uri, store = model or tracking.champion_uri(p), tracking.tracking_uri(p)
         loaded = load_for_predict(uri, store)
         import pandas as pd
 

@@ -280,22 +280,14 @@ def _track(params: Params, refs: list[str], report: dict, artifacts: list[Path])
     from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
-    tags = {
-        "stage": "ensemble",
-        "method": "ensemble",
-        "dataset": params.dataset.name,
-        "git_commit": tracking.git_commit(),
-        "mml.role": "ensemble",
-    }
-    run = client.create_run(experiment_id, run_name="ensemble", tags=tags)
-    run_id = run.info.run_id
+    run_id = tracking.start_step(client, experiment_id, params, tracking.Role.ENSEMBLE)
     cfg = params.ensemble
     tracking.log_params(
         client, run_id, {"ensemble.candidates": ",".join(refs), "ensemble.sizes": list(cfg.sizes)}
     )
     best, greedy, key = report["best"], report["greedy_best"], report["metric"]
     tracking.log_metrics(client, run_id, {f"best/{key}": best[key], f"greedy/{key}": greedy[key]})
-    client.set_tag(run_id, "best_members", ",".join(best["members"]))
-    client.set_tag(run_id, "greedy_members", ",".join(greedy["members"]))
+    client.set_tag(run_id, tracking.Tag.BEST_MEMBERS, ",".join(best["members"]))
+    client.set_tag(run_id, tracking.Tag.GREEDY_MEMBERS, ",".join(greedy["members"]))
     tracking.log_artifacts(client, run_id, artifacts, "ensemble")
     tracking.end_run(client, run_id)

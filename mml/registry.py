@@ -25,9 +25,9 @@ from pathlib import Path
 from mml import tracking
 from mml.config import ConfigError, Params
 from mml.fsio import atomic_write_text, file_hash
+from mml.tracking import VersionTag
 
 log = logging.getLogger(__name__)
-ALIAS = "champion"
 
 
 @dataclass
@@ -50,10 +50,6 @@ class Decision:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def registered_name(params: Params, kind: str) -> str:
-    return f"mml-{params.dataset.name}-{kind}"
-
-
 def promote(params: Params, *, force: bool = False, dry_run: bool = False) -> list[Decision]:
     """Register (if new) and crown (if better, or `force`) the best RGB model and ensemble."""
     client, experiment_id = tracking.client_and_experiment(params)
@@ -67,11 +63,13 @@ def promote(params: Params, *, force: bool = False, dry_run: bool = False) -> li
     run_id = None
     for d in decisions:
         if d.register:
-            run_id = run_id or _promote_run(client, experiment_id, params)
+            run_id = run_id or tracking.start_step(
+                client, experiment_id, params, tracking.Role.PROMOTE
+            )
             d.version, d.timing = _register(client, params, settings, d, run_id)
         if d.move_alias:
-            client.set_registered_model_alias(d.name, ALIAS, d.version)
-            log.info("%s: alias %s -> version %s", d.name, ALIAS, d.version)
+            client.set_registered_model_alias(d.name, tracking.CHAMPION, d.version)
+            log.info("%s: alias %s -> version %s", d.name, tracking.CHAMPION, d.version)
     if run_id:
         tracking.end_run(client, run_id)
     out = params.paths.registry / "promoted.json"
@@ -132,7 +130,7 @@ def _metrics(entry: dict) -> dict[str, float]:
 
 # ---- decisions -------------------------------------------------------------------------------
 def _decide(client, params, settings, kind, members, metric, metrics, *, force: bool) -> Decision:
-    name = registered_name(params, kind)
+    name = tracking.registered_model_name(params, kind)
     d = Decision(
         name,
         kind,
@@ -142,23 +140,23 @@ def _decide(client, params, settings, kind, members, metric, metrics, *, force: 
         metrics,
         fingerprint(params, members, settings),
     )
-    versions = _versions(client, name)
-    same = [v for v in versions if v.tags.get("mml.fingerprint") == d.fingerprint]
-    champion = _champion(client, name)
+    versions = tracking.model_versions(client, name)
+    same = [v for v in versions if v.tags.get(VersionTag.FINGERPRINT) == d.fingerprint]
+    champion = tracking.champion_version(client, name)
     if champion is not None:
         d.champion = str(champion.version)
-        d.champion_value = float(champion.tags.get(f"val.{metric}", "nan"))
+        d.champion_value = float(champion.tags.get(VersionTag.val(metric), "nan"))
     d.version = str(same[0].version) if same else None
     d.register = not same
     if d.version is not None and d.version == d.champion:
-        d.reason = f"version {d.version} is already the {ALIAS}"
+        d.reason = f"version {d.version} is already the {tracking.CHAMPION}"
     elif champion is None:
-        d.move_alias, d.reason = True, f"no {ALIAS} yet"
+        d.move_alias, d.reason = True, f"no {tracking.CHAMPION} yet"
     elif force:
         d.move_alias, d.reason = True, f"forced over version {d.champion}"
     elif d.champion_value is None or not d.value > d.champion_value:
         d.reason = (
-            f"{metric} {d.value:.2f} does not beat {ALIAS} version {d.champion} "
+            f"{metric} {d.value:.2f} does not beat {tracking.CHAMPION} version {d.champion} "
             f"({d.champion_value:.2f}); --force to crown it anyway"
         )
     else:
@@ -221,36 +219,7 @@ def short_side(params: Params) -> int | None:
     return int(sorted(sides)[len(sides) // 2]) if sides else None
 
 
-def _versions(client, name: str) -> list:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return list(client.search_model_versions(f"name = '{name}'"))
-    except MlflowException:
-        return []
-
-
-def _champion(client, name: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, ALIAS)
-    except MlflowException:
-        return None
-
-
 # ---- registration ----------------------------------------------------------------------------
-def _promote_run(client, experiment_id: str, params: Params) -> str:
-    tags = {
-        "mml.role": "promote",
-        "stage": "promote",
-        "method": "promote",
-        "dataset": params.dataset.name,
-        "git_commit": tracking.git_commit(),
-    }
-    return client.create_run(experiment_id, run_name="promote", tags=tags).info.run_id
-
-
 def _register(
     client, params: Params, settings: dict, d: Decision, run_id: str
 ) -> tuple[str, dict[str, float]]:
@@ -265,7 +234,11 @@ def _register(
         members = [(ref, model_path(params.paths.checkpoints, ref)) for ref in d.members]
         write_package(package, members, kind=d.kind, **settings)
         timing = time_predictions(VideoPredictor(package), _timing_videos(params))
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        with (
+            tracking.fluent_store(client),
+            mlflow.start_run(run_id=run_id),
+            warnings.catch_warnings(),
+        ):
             # an input example would be a video file; the signature describes the input
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
             info = mlflow.pyfunc.log_model(
@@ -277,7 +250,8 @@ def _register(
                 pip_requirements=_requirements(),
             )
     tags = _version_tags(client, params, d, timing)
-    version = mlflow.register_model(info.model_uri, d.name, tags=tags)
+    with tracking.fluent_store(client):
+        version = mlflow.register_model(info.model_uri, d.name, tags=tags)
     client.update_model_version(d.name, version.version, description=_description(d, timing))
     log.info("%s: registered version %s (%s)", d.name, version.version, d.members)
     return str(version.version), timing
@@ -334,20 +308,21 @@ def _version_tags(client, params: Params, d: Decision, timing: dict) -> dict[str
         runs.append(meta.get("run_id", ""))
         stages.append(ref.rsplit(".", 1)[0])
         try:
-            hashes.append(client.get_run(meta["run_id"]).data.tags.get("params_hash", ""))
+            run = client.get_run(meta["run_id"])
+            hashes.append(run.data.tags.get(tracking.Tag.PARAMS_HASH, ""))
         except Exception:  # the run lives in another store
             hashes.append("")
-    tags = {f"val.{k}": f"{v:.4f}" for k, v in d.metrics.items()}
+    tags = {VersionTag.val(k): f"{v:.4f}" for k, v in d.metrics.items()}
     tags |= {
-        "metric": d.metric,
-        "cpu_ms_per_video": f"{timing.get('ms_per_video', float('nan')):.1f}",
-        "git_commit": tracking.git_commit(),
-        "data_hash": data_hash(params),
-        "params_hash": ",".join(hashes),
-        "source_stage": ",".join(dict.fromkeys(stages)),
-        "source_models": ",".join(d.members),
-        "source_run": ",".join(runs),
-        "mml.fingerprint": d.fingerprint,
+        VersionTag.METRIC: d.metric,
+        VersionTag.CPU_MS_PER_VIDEO: f"{timing.get('ms_per_video', float('nan')):.1f}",
+        VersionTag.GIT_COMMIT: tracking.git_commit(),
+        VersionTag.DATA_HASH: data_hash(params),
+        VersionTag.PARAMS_HASH: ",".join(hashes),
+        VersionTag.SOURCE_STAGE: ",".join(dict.fromkeys(stages)),
+        VersionTag.SOURCE_MODELS: ",".join(d.members),
+        VersionTag.SOURCE_RUN: ",".join(runs),
+        VersionTag.FINGERPRINT: d.fingerprint,
     }
     return tags
 
@@ -376,11 +351,6 @@ def _summary(d: Decision) -> dict:
     return data
 
 
-def champion_uri(params: Params, kind: str = "rgb") -> str:
-    """The MLflow URI of the project's champion model of `kind` (rgb or ensemble)."""
-    return f"models:/{registered_name(params, kind)}@{ALIAS}"
-
-
 def load_for_predict(uri: str, store: str):
     """The pyfunc at `uri` from the MLflow store `store` (its tracking and registry URI).
 
@@ -388,10 +358,12 @@ def load_for_predict(uri: str, store: str):
     """
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(store)
+    client = MlflowClient(tracking_uri=store)
     try:
-        return mlflow.pyfunc.load_model(uri)
+        with tracking.fluent_store(client):
+            return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(

@@ -380,14 +380,7 @@ def write_report(params: Params, out_dir: Path, runs: list[Run] | None = None) -
     from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
-    tags = {
-        "stage": "report",
-        "method": "report",
-        "dataset": params.dataset.name,
-        "git_commit": tracking.git_commit(),
-        "mml.role": "report",
-    }
-    run_id = client.create_run(experiment_id, run_name="report", tags=tags).info.run_id
+    run_id = tracking.start_step(client, experiment_id, params, tracking.Role.REPORT)
     tracking.log_artifacts(client, run_id, [md, js, png], "report")
     tracking.end_run(client, run_id)
     return data

@@ -363,7 +363,7 @@ class Trainer:
             digest = self.fingerprint()
             for stale in self.out_dir.glob("*.pt"):  # e.g. 2.pt of an earlier 3-model stage
                 stale.unlink()
-            tags = {**(run_tags or {}), "mml.processes": str(w.size)}
+            tags = {**(run_tags or {}), tracking.Tag.PROCESSES: str(w.size)}
             self.parent_run_id = tracking.start_stage(
                 client,
                 experiment_id,

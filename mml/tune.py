@@ -223,24 +223,14 @@ def _alive(pid: int) -> bool:
 
 def _study_run(client, experiment_id: str, params: Params, stage: str, name: str, url: str) -> str:
     """The one MLflow run of the study (shared by every worker using the same store)."""
-    query = f"tags.`mml.role` = 'study' and tags.`mml.study` = '{name}'"
 
     def first() -> str | None:  # the same choice in every worker: earliest, then smallest id
-        runs = client.search_runs([experiment_id], query)
+        runs = tracking.study_runs(client, experiment_id, name)
         return min(((r.info.start_time, r.info.run_id) for r in runs), default=(0, None))[1]
 
     if (found := first()) is not None:
         return found
-    tags = {
-        "mml.role": "study",
-        "mml.study": name,
-        "stage": stage,
-        "method": "tune",
-        "dataset": params.dataset.name,
-        "git_commit": tracking.git_commit(),
-        "optuna.storage": _redact(url),
-    }
-    run_id = client.create_run(experiment_id, run_name=f"tune {stage}", tags=tags).info.run_id
+    run_id = tracking.start_study(client, experiment_id, params, stage, name, _redact(url))
     tune = params.tune
     tracking.log_params(
         client,
@@ -289,18 +279,17 @@ def _run_trial(params, stage, study, trial, metric, client, study_run, show_prog
         if trial.should_prune():
             raise optuna.TrialPruned(f"epoch {epoch + 1}")
 
-    tags = {"mml.trial": str(trial.number), "mml.study": study.study_name}
     try:
         final = trainer.run(
             restart=True,
             on_epoch=report,
             parent_run_id=study_run,
-            run_tags=tags,
-            run_name=f"{stage} trial {trial.number}",
+            run_tags=tracking.trial_tags(study.study_name, trial.number),
+            run_name=tracking.trial_run_name(stage, trial.number),
         )
     except optuna.TrialPruned:
         trainer.end_runs(client)
-        client.set_tag(trainer.parent_run_id, "optuna.state", "PRUNED")
+        client.set_tag(trainer.parent_run_id, tracking.Tag.OPTUNA_STATE, TrialState.PRUNED.name)
         study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d pruned: %s", trial.number, values)
         return
@@ -312,7 +301,7 @@ def _run_trial(params, stage, study, trial, metric, client, study_run, show_prog
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)  # trials keep their numbers in MLflow only
     value = _objective(final, key, params.tune.objective)
-    client.set_tag(trainer.parent_run_id, "optuna.state", "COMPLETE")
+    client.set_tag(trainer.parent_run_id, tracking.Tag.OPTUNA_STATE, TrialState.COMPLETE.name)
     tracking.log_metrics(client, trainer.parent_run_id, {f"objective/{metric}": value})
     study.tell(trial, value)
     log.info("trial %d: %s %.2f with %s", trial.number, metric, value, values)
@@ -344,7 +333,7 @@ def _finish(params, stage, study, url, client, study_run, ran) -> TuneResult:
         tuned_file = params.paths.tuned / f"{stage}.yaml"
         write_tuned(tuned_file, stage, study.study_name, best)
         tracking.log_metrics(client, study_run, {"best/value": best.value})
-        client.set_tag(study_run, "best_trial", str(best.number))
+        client.set_tag(study_run, tracking.Tag.BEST_TRIAL, str(best.number))
         tracking.log_params(client, study_run, {f"best.{k}": v for k, v in best.params.items()})
         plot = params.paths.plots / "tune" / f"{stage}.png"
         plot_history(study, plot)

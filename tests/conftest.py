@@ -67,9 +67,6 @@ def project(tmp_path, tiny_dataset, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)  # an earlier test may have set another store process-wide
     (tmp_path / "mlruns").mkdir()
     return tmp_path
 

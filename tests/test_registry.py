@@ -53,7 +53,6 @@ def promoted(tiny_dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         mml("data", "flow")
         for stage in ("rgb_ce", "flow_ce"):
             mml("train", stage)

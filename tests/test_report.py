@@ -43,9 +43,6 @@ def workspace(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(root)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
     return root
 
 

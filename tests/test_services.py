@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 from conftest import free_port, wait_for_http
 from mlflow.tracking import MlflowClient
@@ -51,7 +50,6 @@ def mlflow_server(tmp_path):
 
 def test_train_promote_predict_through_an_mlflow_server(project, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
     mml("train", "rgb_ce")
     mml("evaluate", "rgb_ce")
     out = mml("promote")
