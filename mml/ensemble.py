@@ -20,9 +20,10 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mml import tracking
 from mml.config import ConfigError, Params
-from mml.evaluate import summarize
 from mml.fsio import atomic_write, atomic_write_text
+from mml.metrics import summarize
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,6 @@ def plot_ranking(results: list[dict], singles: dict, key: str, path: Path) -> No
 
 
 def _track(params: Params, refs: list[str], report: dict, artifacts: list[Path]) -> None:
-    from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
     run_id = tracking.start_step(client, experiment_id, params, tracking.Role.ENSEMBLE)

@@ -1,4 +1,4 @@
-"""Evaluation: multi-view prediction, metrics (top-k, per-class, mAP), reports and plots.
+"""Evaluation of a stage: multi-view test of its models, metrics files, predictions and plots.
 
 `evaluate_stage` tests every model of a stage with the "Dense k + Uniform m" views of
 `evaluate` params, writes metrics/<stage>.json and predictions/<stage>/<k>.npz (class
@@ -10,167 +10,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mml.config import LoaderConfig, Params
+from mml import tracking
+from mml.config import Params
+from mml.data.dataset import VideoClips, load_split, stage_caches
+from mml.data.sampling import ViewPlan
+from mml.distributed import pick_device, set_threads
 from mml.fsio import atomic_write, atomic_write_text
-from mml.progress import progress_bar
-
-
-def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Percentage of rows whose target is among the k highest scores (ties: lowest index)."""
-    if len(targets) == 0:
-        return float("nan")
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float((top == targets[:, None]).any(axis=1).mean() * 100)
-
-
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over classes with a positive of AP (mean precision at each positive, by score)."""
-    aps = []
-    for c in range(scores.shape[1]):
-        positives = targets[:, c] > 0
-        if not positives.any():
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = positives[order]
-        precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps.append(precision_at[hits].mean())
-    return float(np.mean(aps) * 100) if aps else float("nan")
-
-
-def per_class_accuracy(scores: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
-    """Top-1 accuracy (%) of each class; NaN for classes absent from `targets`."""
-    pred = scores.argmax(axis=1)
-    acc = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        mask = targets == c
-        if mask.any():
-            acc[c] = (pred[mask] == c).mean() * 100
-    return acc
-
-
-def confusion_matrix(scores: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts [true class, predicted class]."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (targets, scores.argmax(axis=1)), 1)
-    return matrix
-
-
-def summarize(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> dict[str, float]:
-    if multilabel:
-        return {"mAP": mean_average_precision(scores, targets)}
-    return {"top1": topk_accuracy(scores, targets, 1), "top5": topk_accuracy(scores, targets, 5)}
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Fused class probabilities of one model for every (decodable) video."""
-
-    scores: np.ndarray
-    targets: np.ndarray
-    ids: list[str]
-
-
-@dataclass(frozen=True)
-class Predictions:
-    members: list[Prediction]
-    skipped: list[str]
-
-
-@torch.no_grad()
-def predict_dataset(
-    models: Sequence[torch.nn.Module],
-    modalities: Sequence[str],
-    dataset,
-    loader: LoaderConfig,
-    *,
-    batch_size: int,
-    fuse: str,
-    label: str = "predict",
-    show_progress: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Predictions:
-    """Run each model on its modality of every test view; fuse views (logits or probs).
-
-    With `world_size` > 1, only process `rank`'s contiguous part of the dataset
-    (`merge_predictions` of every rank's result, in rank order, is the whole).
-    """
-    from mml.data.dataset import make_loader
-
-    multilabel = dataset.multilabel
-    for model in models:
-        model.eval()
-    batches = make_loader(
-        dataset,
-        loader,
-        shuffle=False,
-        seed=0,
-        batch_size=batch_size,
-        rank=rank,
-        world_size=world_size,
-    )
-    scores: list[list[np.ndarray]] = [[] for _ in models]
-    targets, ids, skipped = [], [], []
-    with progress_bar(label, len(batches), show_progress) as advance:
-        for batch in batches:
-            skipped += batch.skipped
-            if batch.ids:
-                for out, model, modality in zip(scores, models, modalities, strict=True):
-                    out.append(fuse_views(model, batch.inputs[modality], fuse, multilabel))
-                targets.append(batch.targets.numpy())
-                ids += batch.ids
-            advance()
-    target_array = np.concatenate(targets) if targets else np.empty(0, dtype=np.int64)
-    members = [
-        Prediction(np.concatenate(s) if s else np.empty((0, 0)), target_array, ids) for s in scores
-    ]
-    return Predictions(members, skipped)
-
-
-def merge_predictions(parts: Sequence[Predictions]) -> Predictions:
-    """One `Predictions` from the parts of consecutive slices of a dataset (in order)."""
-    members = []
-    for k in range(len(parts[0].members)):
-        pieces = [p.members[k] for p in parts if p.members[k].ids]
-        if not pieces:
-            members.append(parts[0].members[k])
-            continue
-        members.append(
-            Prediction(
-                np.concatenate([p.scores for p in pieces]),
-                np.concatenate([p.targets for p in pieces]),
-                [i for p in pieces for i in p.ids],
-            )
-        )
-    return Predictions(members, [s for p in parts for s in p.skipped])
-
-
-def fuse_views(model: torch.nn.Module, x: torch.Tensor, fuse: str, multilabel: bool) -> np.ndarray:
-    """x: (B, V, T, C, H, W) -> (B, K) probabilities, averaging logits or probabilities."""
-    b, v = x.shape[:2]
-    param = next(model.parameters())
-    logits = model(x.flatten(0, 1).to(param.device, param.dtype)).view(b, v, -1)
-    activate = torch.sigmoid if multilabel else (lambda z: torch.softmax(z, dim=-1))
-    if fuse == "logits":
-        return activate(logits.mean(dim=1)).cpu().numpy()
-    return activate(logits).mean(dim=1).cpu().numpy()
+from mml.inference import Prediction, predict_dataset
+from mml.metrics import confusion_matrix, per_class_accuracy, summarize
+from mml.models.factory import model_from_checkpoint
 
 
 def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) -> dict:
     """Multi-view test of every model of `stage`; writes metrics, predictions, plots; logs them."""
-    from mml import tracking
-    from mml.data.dataset import VideoClips, load_split, stage_caches
-    from mml.data.sampling import ViewPlan
-    from mml.distributed import pick_device, set_threads
-    from mml.models.factory import model_from_checkpoint
-
     cfg = params.stage(stage)
     params = params.for_stage(stage)
     ann = load_split(params.dataset, "val")
@@ -221,8 +77,6 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
 def _report_model(
     params: Params, stage: str, k: int, meta: dict, pred: Prediction, classes: Sequence[str], client
 ) -> dict:
-    from mml import tracking
-
     multilabel = bool(meta.get("multilabel"))
     metrics = summarize(pred.scores, pred.targets, multilabel)
     entry: dict = {"modality": meta["modality"], "init": meta.get("init", ""), **metrics}

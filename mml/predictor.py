@@ -24,10 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from mml import checkpoint
 from mml.config import ClipConfig
+from mml.data.live import view_inputs
 from mml.data.sampling import ViewPlan
+from mml.data.video import VideoDecodeError
 from mml.errors import UserError
 from mml.fsio import atomic_write_text
+from mml.inference import fuse_views
+from mml.models.factory import model_from_checkpoint
 
 CONFIG_FILE = "mml-model.json"
 FORMAT = 1
@@ -53,7 +58,6 @@ def write_package(
     flow_bound: float,
 ) -> dict[str, Any]:
     """Copy the members' checkpoints (`(ref, path)`) into `root` and describe them."""
-    from mml import checkpoint
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,6 @@ class VideoPredictor:
     """Loads a model package; `predict(path)` gives the class probabilities of one video."""
 
     def __init__(self, root: Path) -> None:
-        from mml.models.factory import model_from_checkpoint
 
         root = Path(root)
         try:
@@ -108,8 +111,6 @@ class VideoPredictor:
     @torch.inference_mode()
     def predict(self, video: str | Path) -> np.ndarray:
         """(classes,) probabilities; raises VideoDecodeError for a file that cannot be read."""
-        from mml.data.live import view_inputs
-        from mml.evaluate import fuse_views
 
         inputs: dict[tuple[str, str], torch.Tensor] = {}
         probabilities = []
@@ -142,7 +143,6 @@ def time_predictions(
     """CPU milliseconds per video (decode, flow/diff, every member, every view), after one
     warm-up prediction; mean and median over the `videos` that decode ({} if none does).
     `keep`, if given, receives each video's class probabilities."""
-    from mml.data.video import VideoDecodeError
 
     times, warmed_up = [], False
     for video in videos:

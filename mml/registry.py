@@ -22,9 +22,14 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mml import tracking
+from mml import checkpoint, tracking
 from mml.config import ConfigError, Params
+from mml.data.dataset import load_split
+from mml.data.sampling import ViewPlan
+from mml.data.video import VideoDecodeError, probe
 from mml.fsio import atomic_write_text, file_hash
+from mml.models.factory import model_path
+from mml.predictor import VideoPredictor, time_predictions, write_package
 from mml.tracking import VersionTag
 
 log = logging.getLogger(__name__)
@@ -167,7 +172,6 @@ def _decide(client, params, settings, kind, members, metric, metrics, *, force: 
 
 def fingerprint(params: Params, members: list[str], settings: dict) -> str:
     """Hash of the members' checkpoints and the inference `settings` of a package."""
-    from mml.models.factory import model_path
 
     digest = hashlib.sha256()
     digest.update(json.dumps(_inference_settings(settings), sort_keys=True).encode())
@@ -182,7 +186,6 @@ def fingerprint(params: Params, members: list[str], settings: dict) -> str:
 
 def package_settings(params: Params) -> dict:
     """`write_package`'s inference settings (views, fusion, input size, flow) from `params`."""
-    from mml.data.sampling import ViewPlan
 
     e, c = params.evaluate, params.cache
     return {
@@ -206,8 +209,6 @@ def _inference_settings(s: dict) -> dict:
 
 def short_side(params: Params) -> int | None:
     """Median short side of the validation videos: predictions resize inputs to it."""
-    from mml.data.dataset import load_split
-    from mml.data.video import VideoDecodeError, probe
 
     sides = []
     for record in load_split(params.dataset, "val").records[:50]:
@@ -225,9 +226,6 @@ def _register(
 ) -> tuple[str, dict[str, float]]:
     """Package, time, log and register one candidate; returns the new version and its timing."""
     import mlflow
-
-    from mml.models.factory import model_path
-    from mml.predictor import VideoPredictor, time_predictions, write_package
 
     with tempfile.TemporaryDirectory(prefix="mml-package-") as tmp:
         package = Path(tmp) / "package"
@@ -258,7 +256,6 @@ def _register(
 
 
 def _timing_videos(params: Params) -> list[Path]:
-    from mml.data.dataset import load_split
 
     records = load_split(params.dataset, "val").records
     return [r.path for r in records[: params.promote.timing_videos]]
@@ -299,8 +296,6 @@ def _requirements() -> list[str]:
 
 
 def _version_tags(client, params: Params, d: Decision, timing: dict) -> dict[str, str]:
-    from mml import checkpoint
-    from mml.models.factory import model_path
 
     runs, hashes, stages = [], [], []
     for ref in d.members:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mml import tracking
 from mml.comparisons import BEST_PAIR, COMPARISONS, MARGINS, compare
 from mml.config import Params, StageConfig
-from mml.evaluate import per_class_accuracy
 from mml.fsio import atomic_write, atomic_write_text
+from mml.metrics import per_class_accuracy
 from mml.runs import Run, collect_runs
 
 SECTIONS = (  # (title, methods) in the paper's order
@@ -377,7 +378,6 @@ def write_report(params: Params, out_dir: Path, runs: list[Run] | None = None) -
     atomic_write_text(md, to_markdown(data, params.dataset.name))
     atomic_write_text(js, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     plot_comparisons(data["comparisons"], png)
-    from mml import tracking
 
     client, experiment_id = tracking.client_and_experiment(params)
     run_id = tracking.start_step(client, experiment_id, params, tracking.Role.REPORT)

@@ -30,7 +30,7 @@ from dvc.repo import Repo
 
 from mml.config import ConfigError, Params
 from mml.ensemble import Member, member_path, model_refs, read_member
-from mml.evaluate import summarize
+from mml.metrics import summarize
 
 
 @dataclass

@@ -15,6 +15,9 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from mml.data.video import VideoDecodeError
+from mml.predictor import VideoPredictor
+
 
 class MMLVideoModel(PythonModel):
     """Wraps mml.predictor.VideoPredictor over the package in the `package` artifact."""
@@ -24,12 +27,10 @@ class MMLVideoModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from mml.predictor import VideoPredictor
 
         self.predictor = VideoPredictor(Path(context.artifacts["package"]))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        from mml.data.video import VideoDecodeError
 
         top_k = int((params or {}).get("top_k", 5))
         rows = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mml.evaluate import mean_average_precision
+from mml.metrics import mean_average_precision
 
 Metric = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """metric(values, videos): for each run (row of `values`), the metric in points (0-100) on

@@ -22,6 +22,8 @@ from mml import distributed, fsio, losses, seeds, stage_files, tracking
 from mml.config import Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
 from mml.distributed import World
+from mml.inference import merge_predictions, predict_dataset
+from mml.metrics import summarize
 from mml.models.factory import build_model, model_meta
 from mml.progress import progress_bar
 from mml.stage_setup import check_inits, learning_rate, load_teacher, make_optimizer
@@ -267,8 +269,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[list[dict[str, float]], int]:
         """Single centre-view validation of every model (the paper's ablation protocol)."""
-        from mml.evaluate import merge_predictions, predict_dataset, summarize
-
         w = self.world
         results = predict_dataset(
             [m.model for m in self.members],

@@ -29,7 +29,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mml import seeds, tracking
 from mml.config import ConfigError, Params, SearchParam
-from mml.fsio import atomic_write_text, sqlite_init_lock
+from mml.data.dataset import load_split
+from mml.fsio import atomic_write, atomic_write_text, sqlite_init_lock
+from mml.train import Trainer
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -157,7 +159,6 @@ def _check_space(params: Params, stage: str) -> str:
     midpoints = {key: _midpoint(p) for key, p in space.items()}
     trial_params = params.with_stage_values(stage, midpoints, f"{params.source} (tune.space)")
     trial_params.for_stage(stage)
-    from mml.data.dataset import load_split
 
     return "mAP" if load_split(params.dataset, "val").multilabel else "top1"
 
@@ -259,7 +260,6 @@ def _redact(url: str) -> str:
 
 def _run_trial(params, stage, study, trial, metric, client, study_run, show_progress) -> None:
     """Train the stage with the trial's values; tell Optuna the result (or the pruning)."""
-    from mml.train import Trainer
 
     values = {key: _suggest(trial, key, p) for key, p in params.tune.space.items()}
     duplicate = _same_params(study, trial, values)
@@ -385,8 +385,6 @@ def plot_history(study: optuna.Study, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from mml.fsio import atomic_write
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
     fig, ax = plt.subplots(figsize=(6, 3.5))

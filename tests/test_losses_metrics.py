@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mml.evaluate import (
+from mml.losses import mutual_kl, task_loss
+from mml.metrics import (
     confusion_matrix,
     mean_average_precision,
     per_class_accuracy,
     topk_accuracy,
 )
-from mml.losses import mutual_kl, task_loss
 
 
 def test_topk_accuracy():

@@ -15,7 +15,7 @@ from test_pipeline import mml, runner
 from mml.cli import app
 from mml.comparisons import Comparison, compare
 from mml.config import load_params
-from mml.evaluate import mean_average_precision
+from mml.metrics import mean_average_precision
 from mml.report import metric_keys
 from mml.runs import workspace_run
 

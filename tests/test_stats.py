@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mml.evaluate import mean_average_precision
+from mml.metrics import mean_average_precision
 from mml.stats import PairedDifference, mean_ap, paired_bootstrap, verdict
 
 

@@ -26,6 +26,7 @@ from mml.data.annotations import Annotations, VideoRecord, read_charades, read_c
 from mml.data.cache import cache_path, open_cached
 from mml.data.sharding import ShardedBatches, shard_indices
 from mml.data.video import PROBE_MEMO, VideoDecodeError, num_frames, read_frames
+from mml.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,6 @@ def make_loader(
 
 def check_videos(annotations: Annotations, *, show_progress: bool = True) -> list[tuple[str, str]]:
     """(id, reason) of every video whose frames cannot be counted and decoded."""
-    from mml.progress import progress_bar
 
     broken = []
     with progress_bar("checking videos", len(annotations.records), show_progress) as advance:
