@@ -115,7 +115,8 @@ def main() -> None:
     stages = {f"diag_{v}": copy.deepcopy(VARIANTS[v][1]) for v in args.variants}
     controls = {VARIANTS[v][2] for v in args.variants}
     stages |= {f"diag_{c}": CONTROLS[c] for c in sorted(controls)}
-    params["stages"] = {**params["stages"], **stages}
+    tuned = {"diag_kl1": copy.deepcopy(VARIANTS["kl1"][1])} if args.tune_trials else {}
+    params["stages"] = {**params["stages"], **tuned, **stages}  # the sweep tunes diag_kl1
     out = Path("diagnosis")
     checkpoints = Path((params.get("paths") or {}).get("checkpoints", "checkpoints"))
     params["paths"] = {key: str(out / key) for key in PATHS}
