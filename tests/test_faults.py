@@ -89,7 +89,15 @@ def test_kill_9_during_cache_building_then_the_same_command_completes_it(project
     params = load_params(project / "params.yaml")
     records = [r for s in ("train", "val") for r in load_split(params.dataset, s).records]
     reference = tmp_path / "reference"
-    build_cache(records, reference, "flow", workers=1, show_progress=False)
+    build_cache(
+        records,
+        reference,
+        "flow",
+        algorithm=params.cache.flow_algorithm,
+        bound=params.cache.flow_bound,
+        workers=1,
+        show_progress=False,
+    )
     cache = project / "data/cache/tiny/flow"
     process = start("data", "flow", "--workers", "2", cwd=project)
     helpers: list[psutil.Process] = []

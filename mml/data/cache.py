@@ -26,6 +26,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from mml.config import CacheConfig
 from mml.data.annotations import VideoRecord
 from mml.data.flow import ALGORITHMS, compute_flow, quantize_diff, quantize_flow, rgb_diff
 from mml.data.video import VideoDecodeError, num_frames, read_frames
@@ -34,6 +35,9 @@ from mml.progress import progress_bar
 from mml.workers import run_parallel
 
 CacheKind = Literal["flow", "diff"]
+# the config's defaults (one set of defaults: params.yaml = mml.config = these)
+DEFAULT_ALGORITHM: str = CacheConfig.model_fields["flow_algorithm"].default
+DEFAULT_BOUND: float = CacheConfig.model_fields["flow_bound"].default
 # Bump when the bytes written for the same settings change; old caches are then rebuilt.
 FORMAT_VERSION = 1
 SETTINGS_FILE = "settings.json"
@@ -60,7 +64,9 @@ def open_cached(cache_dir: Path, video_id: str) -> np.ndarray:
     return np.load(cache_path(cache_dir, video_id), mmap_mode="r")
 
 
-def cache_settings(kind: CacheKind, algorithm: str = "tvl1", bound: float = 20.0) -> dict[str, Any]:
+def cache_settings(
+    kind: CacheKind, algorithm: str = DEFAULT_ALGORITHM, bound: float = DEFAULT_BOUND
+) -> dict[str, Any]:
     """The settings that determine a cache's bytes (flow options do not apply to diff)."""
     if kind == "diff":
         return {"format_version": FORMAT_VERSION, "kind": "diff"}
@@ -83,8 +89,8 @@ def build_cache(
     cache_dir: Path,
     kind: CacheKind,
     *,
-    algorithm: str = "tvl1",
-    bound: float = 20.0,
+    algorithm: str = DEFAULT_ALGORITHM,
+    bound: float = DEFAULT_BOUND,
     workers: int | None = None,
     show_progress: bool = True,
 ) -> CacheReport:
