@@ -51,7 +51,7 @@ def tiny_params(dataset_root: Path, **sections) -> dict:
         "clip": {"segments": 4, "scale_size": 32, "crop_size": 28},
         "loader": {"batch_size": 4, "workers": 0},
         "model": {"arch": "tsm_mobilenet_v2", "width_mult": 0.35, "dropout": 0.2},
-        "train": {"epochs": 2, "lr": 0.05},
+        "train": {"epochs": 2, "lr": 0.05, "val_every": 1},  # curves of every epoch
         "evaluate": {"batch_size": 4},
         "stages": {"rgb_ce": {"method": "ce", "models": [{"modality": "rgb", "init": "scratch"}]}},
     }
