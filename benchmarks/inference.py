@@ -59,9 +59,9 @@ def main() -> None:
     import torch
 
     from mml import tracking
+    from mml.artifacts import checkpoint_path
     from mml.config import load_params
     from mml.data.dataset import load_split
-    from mml.models.factory import model_path
     from mml.predictor import VideoPredictor, write_package
     from mml.registry import package_settings
 
@@ -78,7 +78,9 @@ def main() -> None:
         singles = {}
         for ref in [args.baseline, *(args.also or ["mml.0"])]:
             package = Path(tmp) / ref
-            write_package(package, [(ref, model_path(params.paths.checkpoints, ref))], **settings)
+            write_package(
+                package, [(ref, checkpoint_path(params.paths.checkpoints, ref))], **settings
+            )
             singles[ref] = package
         models = {
             f"CE-RGB baseline ({args.baseline})": singles.pop(args.baseline),

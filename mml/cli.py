@@ -265,11 +265,9 @@ def evaluate(
 
         report = evaluate_stage(_params(params, overrides), stage, show_progress=not quiet)
         summary = {
-            k: {m: v for m, v in r.items() if m in ("modality", "top1", "top5", "mAP")}
-            for k, r in report.items()
-            if k.isdigit()
+            k: {"modality": m.modality, **m.scores} for k, m in sorted(report.models.items())
         }
-        typer.echo(f"{stage} ({report['views']}): {json.dumps(summary)}")
+        typer.echo(f"{stage} ({report.views}): {json.dumps(summary)}")
 
     _run(action)
 

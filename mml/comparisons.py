@@ -21,8 +21,9 @@ from typing import Literal
 import numpy as np
 
 from mml import seeds
+from mml.artifacts import Predictions
 from mml.config import ConfigError
-from mml.ensemble import Member, average, score_combinations
+from mml.ensemble import average, score_combinations
 from mml.runs import Run
 from mml.stats import Metric, accuracy, mean_ap, paired_bootstrap, verdict
 
@@ -76,7 +77,7 @@ def describe(model: Model) -> str:
     return model if isinstance(model, str) else " + ".join(model)
 
 
-def resolve(model: Model, run: Run, candidates: Sequence[str]) -> Member | None:
+def resolve(model: Model, run: Run, candidates: Sequence[str]) -> Predictions | None:
     """`model`'s validation predictions in `run` (an ensemble averaged), or None if missing."""
     if model == BEST_PAIR:
         return best_pair(run, candidates)
@@ -86,21 +87,20 @@ def resolve(model: Model, run: Run, candidates: Sequence[str]) -> Member | None:
     return members[0] if len(members) == 1 else average(members)
 
 
-def best_pair(run: Run, candidates: Sequence[str]) -> Member | None:
+def best_pair(run: Run, candidates: Sequence[str]) -> Predictions | None:
     """The run's best two-model ensemble with distinct modalities (ties: the smaller refs)."""
     members = [m for m in map(run.member, candidates or run.refs()) if m is not None]
     if not members:
         return None
-    multilabel = members[0].targets.ndim == 2
-    key = "mAP" if multilabel else "top1"
-    pairs = score_combinations(members, (2,), True, multilabel)
+    key = members[0].metric
+    pairs = score_combinations(members, (2,), True, members[0].multilabel)
     if not pairs:
         return None
     best = min(pairs, key=lambda r: (-r[key], r["members"]))
     return average([run.member(ref) for ref in best["members"]])
 
 
-def align(pairs: list[tuple[Member, Member]]) -> tuple[np.ndarray, np.ndarray, Metric]:
+def align(pairs: list[tuple[Predictions, Predictions]]) -> tuple[np.ndarray, np.ndarray, Metric]:
     """Per run, A's and B's values on the videos that both predicted in every run (by id):
     0/1 correctness (single-label) or scores (multi-label), and the metric over them."""
     members = [m for pair in pairs for m in pair]
@@ -116,7 +116,7 @@ def align(pairs: list[tuple[Member, Member]]) -> tuple[np.ndarray, np.ndarray, M
                 f"{m.ref} and {members[0].ref} disagree on the labels of video "
                 f"{ids[differ[0]]}: are they runs of the same dataset?"
             )
-    if targets.ndim == 2:
+    if members[0].multilabel:
         values, metric = [m.scores[r] for m, r in zip(members, rows, strict=True)], mean_ap(targets)
     else:
         values = [
@@ -127,7 +127,7 @@ def align(pairs: list[tuple[Member, Member]]) -> tuple[np.ndarray, np.ndarray, M
     return np.stack(values[0::2]), np.stack(values[1::2]), metric
 
 
-def _rows(member: Member, ids: list[str]) -> np.ndarray:
+def _rows(member: Predictions, ids: list[str]) -> np.ndarray:
     position = {video: row for row, video in enumerate(member.ids)}
     return np.array([position[video] for video in ids], dtype=np.int64)
 
@@ -167,7 +167,7 @@ def compare(
     )
     every = np.arange(ci.videos)
     row |= {
-        "metric": "mAP" if a.ndim == 3 else "top1",
+        "metric": pairs[0][0].metric,
         "a_value": float(metric(a, every).mean()),
         "b_value": float(metric(b, every).mean()),
         "diff": ci.diff,

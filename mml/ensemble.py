@@ -10,85 +10,26 @@ logged to an MLflow run.
 
 from __future__ import annotations
 
-import io
 import itertools
-import json
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path, PurePath
-from typing import BinaryIO
+from pathlib import Path
 
 import numpy as np
 
-from mml import tracking
+from mml import artifacts, tracking
+from mml.artifacts import Predictions
 from mml.config import ConfigError, Params
 from mml.fsio import atomic_write, atomic_write_text
 from mml.metrics import summarize
 
 
-@dataclass(frozen=True)
-class Member:
-    """One candidate's validation predictions."""
-
-    ref: str
-    modality: str
-    scores: np.ndarray  # (videos, classes) probabilities
-    targets: np.ndarray
-    ids: tuple[str, ...]
-    classes: tuple[str, ...]
-
-
-def load_member(predictions: Path, ref: str) -> Member:
-    """The predictions of model `ref` ('<stage>.<k>') from predictions/<stage>/<k>.npz."""
-    path = Path(predictions) / member_path(ref)
-    if not path.exists():
-        stage = ref.rsplit(".", 1)[0]
-        raise ConfigError(
-            f"ensemble candidate {ref!r}: {path} is missing; run `mml evaluate {stage}`."
-        )
-    with open(path, "rb") as f:
-        return read_member(f, ref)
-
-
-def member_path(ref: str) -> str:
-    """Where `mml evaluate` writes model `ref`'s predictions, under the predictions directory."""
-    stage, k = ref.rsplit(".", 1)
-    return f"{stage}/{k}.npz"
-
-
-def read_member(file: BinaryIO, ref: str) -> Member:
-    """Model `ref`'s predictions from an open predictions/<stage>/<k>.npz (local or DVC)."""
-    with np.load(io.BytesIO(file.read())) as npz:
-        modality = str(npz["modality"]) if "modality" in npz else "?"
-        return Member(
-            ref,
-            modality,
-            npz["scores"],
-            npz["targets"],
-            tuple(npz["ids"].tolist()),
-            tuple(npz["classes"].tolist()),
-        )
-
-
-def discover_candidates(predictions: Path) -> list[str]:
-    """Every evaluated model: the refs '<stage>.<k>' of predictions/<stage>/<k>.npz, sorted."""
-    return model_refs(Path(predictions).glob("*/*.npz"))
-
-
-def model_refs(paths: Iterable[str | PurePath]) -> list[str]:
-    """The refs '<stage>.<k>' of the .../<stage>/<k>.npz among `paths`, by stage then k."""
-    found = [(p.parent.name, int(p.stem)) for p in map(PurePath, paths) if p.stem.isdigit()]
-    return [f"{stage}.{k}" for stage, k in sorted(found)]
-
-
-def combine(members: list[Member]) -> tuple[np.ndarray, np.ndarray]:
+def combine(members: list[Predictions]) -> tuple[np.ndarray, np.ndarray]:
     """Mean probabilities over the videos every member predicted (aligned by id)."""
     together = average(members)
     return together.scores, together.targets
 
 
-def average(members: list[Member]) -> Member:
-    """The ensemble of `members` as one Member: mean probabilities on the videos all
+def average(members: list[Predictions]) -> Predictions:
+    """The ensemble of `members` as one Predictions: mean probabilities on the videos all
     predicted, in sorted id order; its ref joins theirs with '+'."""
     classes = {m.classes for m in members}
     if len(classes) > 1:
@@ -99,11 +40,11 @@ def average(members: list[Member]) -> Member:
     scores = np.mean([m.scores[r] for m, r in zip(members, rows, strict=True)], axis=0)
     ref, modality = "+".join(m.ref for m in members), "+".join(m.modality for m in members)
     targets = members[0].targets[rows[0]]
-    return Member(ref, modality, scores, targets, tuple(order), members[0].classes)
+    return Predictions(ref, modality, scores, targets, tuple(order), members[0].classes)
 
 
 def score_combinations(
-    members: list[Member], sizes: tuple[int, ...], distinct_modalities: bool, multilabel: bool
+    members: list[Predictions], sizes: tuple[int, ...], distinct_modalities: bool, multilabel: bool
 ) -> list[dict]:
     """Every allowed combination of `members` of each size, with its metrics (unranked)."""
     results = []
@@ -126,7 +67,7 @@ def score_combinations(
 
 
 def greedy_selection(
-    members: list[Member], key: str, multilabel: bool, distinct_modalities: bool, max_size: int
+    members: list[Predictions], key: str, multilabel: bool, distinct_modalities: bool, max_size: int
 ) -> list[dict]:
     """Greedy forward selection: the best single model, then the best addition while it helps.
 
@@ -135,7 +76,7 @@ def greedy_selection(
     Returns the steps: {"members", "added", <metrics>}, the first being the best single model.
     """
     steps: list[dict] = []
-    chosen: list[Member] = []
+    chosen: list[Predictions] = []
     while len(chosen) < max_size:
         taken, used = {m.ref for m in chosen}, {m.modality for m in chosen}
         options = [m for m in members if m.ref not in taken]
@@ -155,7 +96,9 @@ def greedy_selection(
 def run_ensembles(params: Params) -> dict:
     """Score, rank and report every allowed combination; returns the metrics/ensembles.json data."""
     cfg, predictions = params.ensemble, params.paths.predictions
-    refs = list(cfg.candidates) or discover_candidates(predictions)
+    refs = list(cfg.candidates) or artifacts.predicted_refs(
+        predictions.glob(artifacts.predictions_glob())
+    )
     if len(refs) < 2:
         where = (
             f"ensemble.candidates lists {refs}"
@@ -167,9 +110,14 @@ def run_ensembles(params: Params) -> dict:
             f"{params.source}: an ensemble needs at least two models, but {where}; "
             "run `mml evaluate STAGE` first for the stages to combine."
         )
-    members = [load_member(predictions, ref) for ref in refs]
-    multilabel = members[0].targets.ndim == 2
-    key = "mAP" if multilabel else "top1"
+    members = [artifacts.load_predictions(predictions, ref) for ref in refs]
+    key = artifacts.dataset_metric(params.dataset)
+    multilabel = key == "mAP"
+    if any(m.metric != key for m in members):
+        raise ConfigError(
+            f"{[m.ref for m in members if m.metric != key]}: predictions of another kind of "
+            f"dataset than {params.source}'s dataset ({params.dataset.format})"
+        )
     singles = {
         m.ref: {"modality": m.modality, **summarize(m.scores, m.targets, multilabel)}
         for m in members
@@ -191,8 +139,9 @@ def run_ensembles(params: Params) -> dict:
         "greedy": greedy,
         "greedy_best": greedy[-1],
     }
-    out, md = params.paths.metrics / "ensembles.json", params.paths.metrics / "ensembles.md"
-    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    out = artifacts.metrics_path(params.paths.metrics, artifacts.ENSEMBLES)
+    md = out.with_suffix(".md")
+    artifacts.write_json(out, report)
     atomic_write_text(md, ensembles_markdown(report))
     png = params.paths.plots / "ensembles.png"
     plot_ranking(results[:12], singles, key, png)

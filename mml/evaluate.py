@@ -8,30 +8,31 @@ MLflow run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from mml import tracking
+from mml import artifacts, tracking
+from mml.artifacts import ModelMetrics, StageMetrics
 from mml.config import Params
 from mml.data.dataset import VideoClips, load_split, stage_caches
 from mml.data.sampling import ViewPlan
 from mml.distributed import pick_device, set_threads
-from mml.fsio import atomic_write, atomic_write_text
+from mml.fsio import atomic_write
 from mml.inference import Prediction, predict_dataset
 from mml.metrics import confusion_matrix, per_class_accuracy, summarize
 from mml.models.factory import model_from_checkpoint
 
 
-def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) -> dict:
+def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) -> StageMetrics:
     """Multi-view test of every model of `stage`; writes metrics, predictions, plots; logs them."""
     cfg = params.stage(stage)
     params = params.for_stage(stage)
     ann = load_split(params.dataset, "val")
     plan = ViewPlan(dense=params.evaluate.dense_views, uniform=params.evaluate.uniform_views)
-    paths = [params.paths.checkpoints / stage / f"{k}.pt" for k in range(len(cfg.models))]
+    refs = [artifacts.model_ref(stage, k) for k in range(len(cfg.models))]
+    paths = [artifacts.checkpoint_path(params.paths.checkpoints, ref) for ref in refs]
     device = pick_device(params.compute.device)
     set_threads(params.compute, params.loader.workers)
     loaded = [(model.to(device), meta) for model, meta in map(model_from_checkpoint, paths)]
@@ -62,12 +63,14 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
         )
         predictions |= dict(zip(ks, result.members, strict=True))
         skipped |= set(result.skipped)
-    report: dict = {"views": str(plan), "fuse": params.evaluate.fuse, "skipped": sorted(skipped)}
     client, _ = tracking.client_and_experiment(params)
-    for k, (_, meta) in enumerate(loaded):
-        report[str(k)] = _report_model(params, stage, k, meta, predictions[k], ann.classes, client)
-    out = params.paths.metrics / f"{stage}.json"
-    _write_json(out, report)
+    models = {
+        k: _report_model(params, refs[k], meta, predictions[k], ann.classes, client)
+        for k, (_, meta) in enumerate(loaded)
+    }
+    report = StageMetrics(str(plan), params.evaluate.fuse, sorted(skipped), models)
+    out = artifacts.metrics_path(params.paths.metrics, stage)
+    artifacts.write_stage_metrics(out, report)
     parent = loaded[0][1].get("parent_run_id")
     if parent:
         tracking.log_artifacts(client, parent, [out], "evaluation")
@@ -75,47 +78,32 @@ def evaluate_stage(params: Params, stage: str, *, show_progress: bool = True) ->
 
 
 def _report_model(
-    params: Params, stage: str, k: int, meta: dict, pred: Prediction, classes: Sequence[str], client
-) -> dict:
+    params: Params, ref: str, meta: dict, pred: Prediction, classes: Sequence[str], client
+) -> ModelMetrics:
     multilabel = bool(meta.get("multilabel"))
     metrics = summarize(pred.scores, pred.targets, multilabel)
-    entry: dict = {"modality": meta["modality"], "init": meta.get("init", ""), **metrics}
-    npz = params.paths.predictions / stage / f"{k}.npz"
-    atomic_write(npz, lambda tmp: _save_npz(tmp, pred, classes, meta["modality"]))
-    artifacts = [npz]
+    npz = artifacts.predictions_path(params.paths.predictions, ref)
+    saved = artifacts.Predictions(
+        ref, meta["modality"], pred.scores, pred.targets, tuple(pred.ids), tuple(classes)
+    )
+    artifacts.write_predictions(npz, saved)
+    files, per_class_top1 = [npz], None
     if not multilabel:
         per_class = per_class_accuracy(pred.scores, pred.targets, len(classes))
-        entry["per_class_top1"] = {c: _finite(a) for c, a in zip(classes, per_class, strict=True)}
-        png = params.paths.plots / stage / "eval" / f"confusion_{k}.png"
-        title = f"{stage}.{k} ({meta['modality']}) top-1 {metrics['top1']:.1f}%"
+        per_class_top1 = {c: _finite(a) for c, a in zip(classes, per_class, strict=True)}
+        png = artifacts.confusion_plot(params.paths.plots, ref)
+        title = f"{ref} ({meta['modality']}) top-1 {metrics['top1']:.1f}%"
         matrix = confusion_matrix(pred.scores, pred.targets, len(classes))
         plot_confusion(matrix, classes, png, title)
-        artifacts.append(png)
+        files.append(png)
     if meta.get("run_id"):
         tracking.log_metrics(client, meta["run_id"], {f"test/{m}": v for m, v in metrics.items()})
-        tracking.log_artifacts(client, meta["run_id"], artifacts, "evaluation")
-    return entry
-
-
-def _save_npz(path: Path, pred: Prediction, classes: Sequence[str], modality: str) -> None:
-    with open(path, "wb") as f:
-        np.savez_compressed(
-            f,
-            scores=pred.scores,
-            targets=pred.targets,
-            ids=np.array(pred.ids),
-            classes=np.array(list(classes)),
-            modality=np.array(modality),
-        )
+        tracking.log_artifacts(client, meta["run_id"], files, "evaluation")
+    return ModelMetrics(meta["modality"], meta.get("init", ""), metrics, per_class_top1)
 
 
 def _finite(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 4)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    atomic_write_text(path, text)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:

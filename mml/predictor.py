@@ -1,10 +1,9 @@
 """Class probabilities for video files from a model package: one model or an ensemble.
 
-A *model package* is a directory that `mml promote` builds and registers in MLflow::
-
-    mml-model.json     kind, classes, test views, view fusion, input short side, flow settings,
-                       and the members (ref, modality, checkpoint file)
-    <ref>.pt           each member's checkpoint (weights + plain metadata; weights_only loads)
+A *model package* is a directory that `mml promote` builds and registers in MLflow (its files
+are named by mml.artifacts): mml-model.json holds the kind, classes, test views, view fusion,
+input short side, flow settings and the members (ref, modality, checkpoint file); <ref>.pt is
+each member's checkpoint (weights + plain metadata; weights_only loads).
 
 `VideoPredictor` runs every member on its own modality of the video (computing flow and
 differences itself, see mml.data.live) and averages the members' class probabilities, as
@@ -24,17 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from mml import checkpoint
+from mml import artifacts, checkpoint
 from mml.config import ClipConfig
 from mml.data.live import view_inputs
 from mml.data.sampling import ViewPlan
 from mml.data.video import VideoDecodeError
 from mml.errors import UserError
-from mml.fsio import atomic_write_text
 from mml.inference import fuse_views
 from mml.models.factory import model_from_checkpoint
 
-CONFIG_FILE = "mml-model.json"
 FORMAT = 1
 
 
@@ -67,8 +64,9 @@ def write_package(
         if classes is not None and meta["classes"] != classes:
             raise UserError(f"{ref} was trained on other classes than {entries[0]['ref']}")
         classes = meta["classes"]
-        shutil.copyfile(path, root / f"{ref}.pt")
-        entries.append({"ref": ref, "modality": meta["modality"], "file": f"{ref}.pt"})
+        file = artifacts.package_member(ref)
+        shutil.copyfile(path, root / file)
+        entries.append({"ref": ref, "modality": meta["modality"], "file": file})
     config = {
         "format": FORMAT,
         "kind": kind,
@@ -80,7 +78,7 @@ def write_package(
         "flow": {"algorithm": flow_algorithm, "bound": flow_bound},
         "members": entries,
     }
-    atomic_write_text(root / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    artifacts.write_json(artifacts.package_config(root), config)
     return config
 
 
@@ -91,7 +89,7 @@ class VideoPredictor:
 
         root = Path(root)
         try:
-            config = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+            config = json.loads(artifacts.package_config(root).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"{root}: not an mml model package ({err})") from None
         if config.get("format") != FORMAT:
@@ -103,7 +101,7 @@ class VideoPredictor:
         self.fuse = config["fuse"]
         self.members = []
         for entry in config["members"]:
-            model, meta = model_from_checkpoint(root / entry["file"])
+            model, meta = model_from_checkpoint(root / artifacts.package_member(entry["ref"]))
             self.members.append(
                 PackageMember(entry["ref"], meta["modality"], model, ClipConfig(**meta["clip"]))
             )

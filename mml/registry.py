@@ -22,13 +22,12 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mml import checkpoint, tracking
+from mml import artifacts, checkpoint, tracking
 from mml.config import ConfigError, Params
 from mml.data.dataset import load_split
 from mml.data.sampling import ViewPlan
 from mml.data.video import VideoDecodeError, probe
-from mml.fsio import atomic_write_text, file_hash
-from mml.models.factory import model_path
+from mml.fsio import file_hash
 from mml.predictor import VideoPredictor, time_predictions, write_package
 from mml.tracking import VersionTag
 
@@ -77,20 +76,16 @@ def promote(params: Params, *, force: bool = False, dry_run: bool = False) -> li
             log.info("%s: alias %s -> version %s", d.name, tracking.CHAMPION, d.version)
     if run_id:
         tracking.end_run(client, run_id)
-    out = params.paths.registry / "promoted.json"
-    atomic_write_text(out, json.dumps({d.kind: _summary(d) for d in decisions}, indent=2) + "\n")
+    out = artifacts.promoted_path(params.paths.registry)
+    artifacts.write_json(out, {d.kind: _summary(d) for d in decisions})
     return decisions
 
 
 # ---- candidates ------------------------------------------------------------------------------
 def best_rgb(params: Params) -> tuple[str, list[str], str, dict[str, float]]:
     """('rgb', [ref], metric, metrics) of the best evaluated RGB model (ties: first ref)."""
-    rows = []
-    for path in sorted(params.paths.metrics.glob("*.json")):
-        report = json.loads(path.read_text(encoding="utf-8"))
-        for k, entry in report.items():
-            if k.isdigit() and isinstance(entry, dict) and entry.get("modality") == "rgb":
-                rows.append((f"{path.stem}.{k}", entry))
+    evaluated = artifacts.evaluated_models(params.paths.metrics, params.stages)
+    rows = [(ref, m) for ref, m in evaluated.items() if m.modality == "rgb"]
     wanted = params.promote.rgb_candidates
     if wanted:
         missing = sorted(set(wanted) - {ref for ref, _ in rows})
@@ -104,19 +99,19 @@ def best_rgb(params: Params) -> tuple[str, list[str], str, dict[str, float]]:
         raise ConfigError(
             f"no evaluated RGB model in {params.paths.metrics}; run `mml evaluate STAGE` first."
         )
-    metric = "mAP" if "mAP" in rows[0][1] else "top1"
-    rows.sort(key=lambda r: r[0])  # by ref, so that ties go to the first ref
-    ref, entry = max(rows, key=lambda r: r[1][metric])  # max keeps the first of equals
-    return "rgb", [ref], metric, _metrics(entry)
+    metric = artifacts.dataset_metric(params.dataset)
+    # rows are by ref, so that ties go to the first ref: max keeps the first of equals
+    ref, entry = max(rows, key=lambda r: r[1].scores[metric])
+    return "rgb", [ref], metric, dict(entry.scores)
 
 
 def best_ensemble(params: Params) -> tuple[str, list[str], str, dict[str, float]] | None:
     """The top-ranked (or greedy) ensemble of metrics/ensembles.json; None without that file."""
-    path = params.paths.metrics / "ensembles.json"
+    path = artifacts.metrics_path(params.paths.metrics, artifacts.ENSEMBLES)
     if not path.is_file():
         log.warning("%s missing: run `mml ensemble` to promote an ensemble too", path)
         return None
-    report = json.loads(path.read_text(encoding="utf-8"))
+    report = artifacts.read_json(path)
     key = "greedy_best" if params.promote.ensemble == "greedy" else "best"
     if key not in report:
         raise ConfigError(f"{path} has no {key!r} entry; run `mml ensemble` again.")
@@ -130,7 +125,7 @@ def best_ensemble(params: Params) -> tuple[str, list[str], str, dict[str, float]
 
 
 def _metrics(entry: dict) -> dict[str, float]:
-    return {k: float(entry[k]) for k in ("top1", "top5", "mAP") if k in entry}
+    return {k: float(entry[k]) for k in artifacts.SCORE_KEYS if k in entry}
 
 
 # ---- decisions -------------------------------------------------------------------------------
@@ -176,7 +171,7 @@ def fingerprint(params: Params, members: list[str], settings: dict) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(_inference_settings(settings), sort_keys=True).encode())
     for ref in members:
-        path = model_path(params.paths.checkpoints, ref)
+        path = artifacts.checkpoint_path(params.paths.checkpoints, ref)
         if not path.is_file():
             raise ConfigError(f"{ref}: {path} is missing; train the stage first.")
         digest.update(ref.encode())
@@ -229,7 +224,9 @@ def _register(
 
     with tempfile.TemporaryDirectory(prefix="mml-package-") as tmp:
         package = Path(tmp) / "package"
-        members = [(ref, model_path(params.paths.checkpoints, ref)) for ref in d.members]
+        members = [
+            (ref, artifacts.checkpoint_path(params.paths.checkpoints, ref)) for ref in d.members
+        ]
         write_package(package, members, kind=d.kind, **settings)
         timing = time_predictions(VideoPredictor(package), _timing_videos(params))
         with (
@@ -299,9 +296,9 @@ def _version_tags(client, params: Params, d: Decision, timing: dict) -> dict[str
 
     runs, hashes, stages = [], [], []
     for ref in d.members:
-        meta = checkpoint.load(model_path(params.paths.checkpoints, ref))["meta"]
+        meta = checkpoint.load(artifacts.checkpoint_path(params.paths.checkpoints, ref))["meta"]
         runs.append(meta.get("run_id", ""))
-        stages.append(ref.rsplit(".", 1)[0])
+        stages.append(artifacts.split_ref(ref)[0])
         try:
             run = client.get_run(meta["run_id"])
             hashes.append(run.data.tags.get(tracking.Tag.PARAMS_HASH, ""))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mml import tracking
+from mml import artifacts, tracking
 from mml.comparisons import BEST_PAIR, COMPARISONS, MARGINS, compare
 from mml.config import Params, StageConfig
 from mml.fsio import atomic_write, atomic_write_text
@@ -33,22 +33,14 @@ VERDICT_COLORS = {"holds": "tab:green", "does not hold": "tab:red", "inconclusiv
 
 
 def dataset_facts(params: Params, runs: list[Run]) -> dict:
-    """{"metric", "classes", "videos"} of the validation set, from the first predictions found
-    (classes and videos None when the runs have metrics files only)."""
+    """{"metric", "classes", "videos"} of the validation set: the dataset's metric, and the
+    sizes from the first predictions found (None when the runs have metrics files only)."""
+    facts = {"metric": artifacts.dataset_metric(params.dataset), "classes": None, "videos": None}
     for run in runs:
         for ref in run.refs():
             m = run.member(ref)
-            metric = "mAP" if m.targets.ndim == 2 else "top1"
-            return {"metric": metric, "classes": len(m.classes), "videos": len(m.ids)}
-    entries = [
-        e
-        for run in runs
-        for stage in params.stages
-        for e in run.metrics_file(stage).values()
-        if isinstance(e, dict)
-    ]
-    metric = "mAP" if any("mAP" in e for e in entries) else "top1"
-    return {"metric": metric, "classes": None, "videos": None}
+            return facts | {"classes": len(m.classes), "videos": len(m.ids)}
+    return facts
 
 
 def metric_keys(facts: dict) -> tuple[str, ...]:
@@ -136,7 +128,7 @@ def collect(params: Params, runs: list[Run]) -> dict:
         sections.append({"title": title, "rows": [r for r in rows if r is not None]})
     candidates = list(params.ensemble.candidates)
     comparisons = [_rounded(compare(c, runs, candidates)) for c in COMPARISONS]
-    ensembles = next((e for run in runs if (e := run.metrics_file("ensembles"))), {})
+    ensembles = next((e for run in runs if (e := run.ensembles())), {})
     return {
         "runs": [{"name": r.name, "seed": r.seed} for r in runs],
         **facts,

@@ -18,6 +18,7 @@ The seed of a run is the `seed` of its params file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,9 +29,12 @@ from dvc.api import DVCFileSystem, exp_show
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 
+from mml import artifacts
+from mml.artifacts import ArtifactError, ModelMetrics, Predictions, StageMetrics
 from mml.config import ConfigError, Params
-from mml.ensemble import Member, member_path, model_refs, read_member
 from mml.metrics import summarize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,56 +47,80 @@ class Run:
     root: str
     metrics: str = "metrics"
     predictions: str | None = "predictions"
-    _members: dict[str, Member | None] = field(default_factory=dict, repr=False)
-    _metrics: dict[str, dict] = field(default_factory=dict, repr=False)
+    _members: dict[str, Predictions | None] = field(default_factory=dict, repr=False)
+    _stages: dict[str, StageMetrics | None] = field(default_factory=dict, repr=False)
+    _json: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def _path(self, *parts: str) -> str:
         return str(PurePosixPath(self.root, *parts))
 
-    def member(self, ref: str) -> Member | None:
+    def member(self, ref: str) -> Predictions | None:
         """Model `ref`'s validation predictions, or None when this run has none."""
         if ref not in self._members:
             self._members[ref] = self._read_member(ref)
         return self._members[ref]
 
-    def _read_member(self, ref: str) -> Member | None:
+    def _read_member(self, ref: str) -> Predictions | None:
         if not self.predictions:
             return None
-        path = self._path(self.predictions, member_path(ref))
+        path = self._path(self.predictions, artifacts.predictions_file(ref))
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as f:
-            return read_member(f, ref)
+            return artifacts.read_predictions(f, ref)
 
     def refs(self) -> list[str]:
         """Every model this run has predictions of, as '<stage>.<k>'."""
         if not self.predictions:
             return []
-        return model_refs(self.fs.glob(self._path(self.predictions, "*", "*.npz")))
+        pattern = self._path(self.predictions, artifacts.predictions_glob())
+        return artifacts.predicted_refs(self.fs.glob(pattern))
 
     def has_results(self) -> bool:
         """Whether the run has any predictions or metrics file (a pipeline that ran)."""
         return bool(self.refs() or self.fs.glob(self._path(self.metrics, "*.json")))
 
-    def metrics_file(self, name: str) -> dict:
-        """metrics/<name>.json as `mml evaluate` (or `mml ensemble`) wrote it; {} if unreadable."""
-        if name not in self._metrics:
-            try:
-                with self.fs.open(self._path(self.metrics, f"{name}.json"), "r") as f:
-                    self._metrics[name] = json.load(f)
-            except (OSError, ValueError, DvcException):
-                self._metrics[name] = {}
-        return self._metrics[name]
+    def _read_text(self, name: str) -> str | None:
+        path = self._path(self.metrics, artifacts.metrics_path(Path(), name).as_posix())
+        try:
+            with self.fs.open(path, "r") as f:
+                return f.read()
+        except (OSError, DvcException):
+            return None
 
-    def model_metrics(self, ref: str) -> dict | None:
+    def stage_metrics(self, stage: str) -> StageMetrics | None:
+        """metrics/<stage>.json as `mml evaluate` wrote it; None if absent or unreadable."""
+        if stage not in self._stages:
+            text = self._read_text(stage)
+            try:
+                self._stages[stage] = (
+                    None if text is None else artifacts.parse_stage_metrics(text, stage)
+                )
+            except ArtifactError as err:
+                log.warning("run %s: %s", self.name, err)
+                self._stages[stage] = None
+        return self._stages[stage]
+
+    def ensembles(self) -> dict:
+        """metrics/ensembles.json as `mml ensemble` wrote it; {} if absent or unreadable."""
+        if artifacts.ENSEMBLES not in self._json:
+            text = self._read_text(artifacts.ENSEMBLES)
+            try:
+                self._json[artifacts.ENSEMBLES] = json.loads(text) if text else {}
+            except ValueError:
+                self._json[artifacts.ENSEMBLES] = {}
+        return self._json[artifacts.ENSEMBLES]
+
+    def model_metrics(self, ref: str) -> dict[str, float] | None:
         """{"top1", "top5"} or {"mAP"} of model `ref`: its metrics file's entry, else computed
         from its predictions (the same numbers: `mml evaluate` writes both from one array)."""
-        stage, k = ref.rsplit(".", 1)
-        entry = self.metrics_file(stage).get(k)
+        stage, k = artifacts.split_ref(ref)
+        found = self.stage_metrics(stage)
+        entry: ModelMetrics | None = found.models.get(k) if found else None
         if entry is not None:
-            return entry
+            return entry.scores
         m = self.member(ref)
-        return None if m is None else summarize(m.scores, m.targets, m.targets.ndim == 2)
+        return None if m is None else summarize(m.scores, m.targets, m.multilabel)
 
 
 def workspace_run(params: Params, root: Path) -> Run:

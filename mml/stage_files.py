@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
-from mml import checkpoint, fsio
+from mml import artifacts, checkpoint, fsio
 from mml.config import Params, StageConfig
-from mml.models.factory import model_path
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,8 @@ def fingerprint(params: Params, cfg: StageConfig) -> str:
     if cfg.teacher:
         refs.add(cfg.teacher)
     data["sources"] = {
-        ref: fsio.file_hash(model_path(params.paths.checkpoints, ref)) for ref in sorted(refs)
+        ref: fsio.file_hash(artifacts.checkpoint_path(params.paths.checkpoints, ref))
+        for ref in sorted(refs)
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -97,11 +97,11 @@ def save(
     """Write `<k>.pt` for every model, then `last.pt` (each atomically)."""
     for k, m in enumerate(models):
         checkpoint.save(
-            out_dir / f"{k}.pt",
+            artifacts.stage_checkpoint(out_dir, k),
             {"format": 1, "state_dict": _cpu(m.model.state_dict()), "meta": m.meta},
         )
     checkpoint.save(
-        out_dir / "last.pt",
+        artifacts.last_checkpoint(out_dir),
         {
             "format": 1,
             "fingerprint": fingerprint,
@@ -125,7 +125,7 @@ def saved_state(out_dir: Path, digest: str, stage: str, *, strict: bool) -> dict
 
     A last.pt of another configuration is an error when `strict`, else ignored (start over).
     """
-    path = out_dir / "last.pt"
+    path = artifacts.last_checkpoint(out_dir)
     if not path.exists():
         return None
     state = checkpoint.load(path)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
+from mml import artifacts
 from mml.config import ConfigError, Params, StageConfig, TrainConfig
-from mml.models.factory import model_from_checkpoint, model_path
+from mml.models.factory import model_from_checkpoint
 
 
 def make_optimizer(
@@ -60,7 +61,7 @@ def load_teacher(
     checkpoints: Path, ref: str, num_classes: int, stage: str
 ) -> tuple[torch.nn.Module, str]:
     """The frozen MARS/D3D teacher `<stage>.<k>`: eval mode, no gradients; and its modality."""
-    path = model_path(checkpoints, ref)
+    path = artifacts.checkpoint_path(checkpoints, ref)
     if not path.exists():
         raise ConfigError(
             f"stages.{stage}.teacher={ref!r}: {path} does not exist; "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mml import distributed, fsio, losses, seeds, stage_files, tracking
+from mml import artifacts, distributed, fsio, losses, seeds, stage_files, tracking
 from mml.config import Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
 from mml.distributed import World
@@ -159,9 +159,9 @@ class Trainer:
         self.dtype = getattr(torch, self.params.compute.precision)
         self.show_progress = show_progress and self.world.main
         # checkpoints (and curves) of this run; elsewhere than checkpoints/<stage> for tuning trials
-        self.out_dir = out_dir or self.params.paths.checkpoints / stage
+        self.out_dir = out_dir or artifacts.checkpoint_dir(self.params.paths.checkpoints, stage)
         self.curves_dir = (
-            out_dir / "curves" if out_dir else self.params.paths.plots / stage / "curves"
+            out_dir / "curves" if out_dir else artifacts.curves_dir(self.params.paths.plots, stage)
         )
         self.train_ann = load_split(self.params.dataset, "train")
         self.val_ann = load_split(self.params.dataset, "val")
@@ -342,7 +342,7 @@ class Trainer:
                 on_epoch(epoch, [m.history[-1] for m in self.members])
         if w.main:
             for m in self.members:
-                path = self.out_dir / f"{m.index}.pt"
+                path = artifacts.stage_checkpoint(self.out_dir, m.index)
                 tracking.log_artifacts(client, m.run_id, [path], "checkpoint")
             self.end_runs(client)
         return [m.history[-1] for m in self.members]
@@ -361,8 +361,12 @@ class Trainer:
             self._resume(client, state)
         elif w.main:
             digest = self.fingerprint()
-            for stale in self.out_dir.glob("*.pt"):  # e.g. 2.pt of an earlier 3-model stage
-                stale.unlink()
+            # every model of an earlier run (e.g. 2.pt of a 3-model stage) and its last.pt
+            for stale in [
+                *artifacts.model_checkpoints(self.out_dir),
+                artifacts.last_checkpoint(self.out_dir),
+            ]:
+                stale.unlink(missing_ok=True)
             tags = {**(run_tags or {}), tracking.Tag.PROCESSES: str(w.size)}
             self.parent_run_id = tracking.start_stage(
                 client,

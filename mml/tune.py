@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from mml import seeds, tracking
+from mml import artifacts, seeds, tracking
+from mml.artifacts import TunedValues
 from mml.config import ConfigError, Params, SearchParam
-from mml.data.dataset import load_split
-from mml.fsio import atomic_write, atomic_write_text, sqlite_init_lock
+from mml.fsio import atomic_write, sqlite_init_lock
 from mml.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class TuneResult:
 
 def storage_url(params: Params, override: str | None = None) -> str:
     """`--storage`, else `tune.storage`, else a journal file optuna/<dataset>.journal."""
-    default = params.paths.optuna / f"{params.dataset.name}.journal"
+    default = artifacts.study_journal(params.paths.optuna, params.dataset.name)
     return override or params.tune.storage or str(default)
 
 
@@ -126,9 +125,9 @@ def tune_stage(
     url = storage_url(params, storage)
     name = study_name(params, stage)
     if target == 0:
-        tuned_file = params.paths.tuned / f"{stage}.yaml"
+        tuned_file = artifacts.tuned_path(params.paths.tuned, stage)
         if not tuned_file.exists():
-            write_tuned(tuned_file, stage, name, None)
+            artifacts.write_tuned(tuned_file, TunedValues(stage, name, None, None, {}))
         return TuneResult(name, _redact(url), None, {}, {}, 0, tuned_file)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -160,7 +159,7 @@ def _check_space(params: Params, stage: str) -> str:
     trial_params = params.with_stage_values(stage, midpoints, f"{params.source} (tune.space)")
     trial_params.for_stage(stage)
 
-    return "mAP" if load_split(params.dataset, "val").multilabel else "top1"
+    return artifacts.dataset_metric(params.dataset)
 
 
 def _midpoint(p: SearchParam) -> Any:
@@ -269,7 +268,7 @@ def _run_trial(params, stage, study, trial, metric, client, study_run, show_prog
         return
     epochs = {"train.epochs": params.tune.epochs} if params.tune.epochs else {}
     trial_params = params.with_stage_values(stage, values | epochs, f"tune trial {trial.number}")
-    out_dir = params.paths.optuna / "trials" / study.study_name / str(trial.number)
+    out_dir = artifacts.trial_dir(params.paths.optuna, study.study_name, trial.number)
     shutil.rmtree(out_dir, ignore_errors=True)
     trainer = Trainer(trial_params, stage, show_progress=show_progress, out_dir=out_dir)
     key = f"val/{metric}"
@@ -330,12 +329,13 @@ def _finish(params, stage, study, url, client, study_run, ran) -> TuneResult:
     if complete:
         best = max(complete, key=lambda t: (t.value, -t.number))
         best_value, best_params = best.value, dict(best.params)
-        tuned_file = params.paths.tuned / f"{stage}.yaml"
-        write_tuned(tuned_file, stage, study.study_name, best)
+        tuned_file = artifacts.tuned_path(params.paths.tuned, stage)
+        tuned = TunedValues(stage, study.study_name, best.number, best.value, dict(best.params))
+        artifacts.write_tuned(tuned_file, tuned)
         tracking.log_metrics(client, study_run, {"best/value": best.value})
         client.set_tag(study_run, tracking.Tag.BEST_TRIAL, str(best.number))
         tracking.log_params(client, study_run, {f"best.{k}": v for k, v in best.params.items()})
-        plot = params.paths.plots / "tune" / f"{stage}.png"
+        plot = artifacts.tune_plot(params.paths.plots, stage)
         plot_history(study, plot)
         tracking.log_artifacts(client, study_run, [tuned_file, plot], "tuning")
     return TuneResult(
@@ -343,40 +343,10 @@ def _finish(params, stage, study, url, client, study_run, ran) -> TuneResult:
     )
 
 
-def write_tuned(path: Path, stage: str, study: str, best: FrozenTrial | None) -> None:
-    """tuned/<stage>.yaml: the best trial's values (none: tuning off), read by `mml train
-    STAGE --tuned`."""
-    data = {
-        "stage": stage,
-        "study": study,
-        "trial": best and best.number,
-        "value": best and best.value,
-        "values": dict(best.params) if best else {},
-    }
-    header = f"# written by `mml tune {stage}`; used by `mml train {stage} --tuned`\n"
-    atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False))
-
-
-def read_tuned(params: Params, stage: str) -> dict[str, Any]:
-    """The values of tuned/<stage>.yaml (clear errors when missing or for another stage)."""
-    path = params.paths.tuned / f"{stage}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no tuned values for stage {stage!r}; run `mml tune {stage}`.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("values"), dict):
-        raise ConfigError(f"{path}: expected a mapping with 'values' (written by `mml tune`).")
-    if data.get("stage") != stage:
-        raise ConfigError(f"{path}: holds values for stage {data.get('stage')!r}, not {stage!r}.")
-    return data["values"]
-
-
 def with_tuned(params: Params, stage: str) -> Params:
     """`params` with the tuned values of `stage` applied (validated like params.yaml)."""
-    values = read_tuned(params, stage)
-    return params.with_stage_values(stage, values, str(params.paths.tuned / f"{stage}.yaml"))
+    path = artifacts.tuned_path(params.paths.tuned, stage)
+    return params.with_stage_values(stage, artifacts.read_tuned(path, stage).values, str(path))
 
 
 def plot_history(study: optuna.Study, path: Path) -> None:

@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from videos import synth_config
 
+from mml.artifacts import read_stage_metrics
 from mml.data.synth import generate
 
 pytestmark = pytest.mark.slow  # git, `dvc repro` and `dvc exp run` in subprocesses
@@ -141,8 +142,8 @@ def test_repro_runs_every_stage_and_tracks_them(pipeline):
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     for stage, cfg in params["stages"].items():
         assert len(list((pipeline / "checkpoints" / stage).glob("[0-9].pt"))) == len(cfg["models"])
-        metrics = json.loads((pipeline / "metrics" / f"{stage}.json").read_text())
-        assert 0 <= metrics["0"]["top1"] <= 100
+        metrics = read_stage_metrics(pipeline / "metrics" / f"{stage}.json")
+        assert 0 <= metrics.models[0].scores["top1"] <= 100
         assert (pipeline / "plots" / stage / "curves" / "0.csv").exists()
     ensembles = json.loads((pipeline / "metrics/ensembles.json").read_text())
     assert {len(e["members"]) for e in ensembles["ensembles"]} == {2, 3}
@@ -221,8 +222,8 @@ def test_real_dataset_pipeline_on_a_stand_in_in_its_format(repos, dataset):
     params = yaml.safe_load((here / "params.yaml").read_text())
     key = "mAP" if dataset == "charades" else "top1"
     for stage in params["stages"]:
-        metrics = json.loads((here / "metrics" / f"{stage}.json").read_text())
-        assert 0 <= metrics["0"][key] <= 100
+        metrics = read_stage_metrics(here / "metrics" / f"{stage}.json")
+        assert 0 <= metrics.models[0].scores[key] <= 100
     client = MlflowClient(f"sqlite:///{here / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(f"mml-{dataset}")
     parents = client.search_runs([exp.experiment_id], "tags.`mml.role` = 'stage'")

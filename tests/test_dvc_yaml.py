@@ -18,7 +18,17 @@ from mml.stage_files import TRAINING_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = [REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))]
-ENTRY = {"train": "mml.train", "evaluate": "mml.evaluate", "tune": "mml.tune"}
+# each stage's entry module (what its `mml` command imports); promote also ships serving.py
+# to MLflow as the model's code ("models from code", read as a file, not imported)
+ENTRY = {
+    "train": "mml.train",
+    "evaluate": "mml.evaluate",
+    "tune": "mml.tune",
+    "ensemble": "mml.ensemble",
+    "promote": "mml.registry",
+    "report": "mml.report",
+}
+SHIPPED = {"promote": {"mml/serving.py"}}
 
 
 def module_file(name: str) -> Path | None:
@@ -75,7 +85,8 @@ def test_each_stage_lists_the_params_and_modules_it_runs(path):
         assert set(TRAINING_PARAMS) <= set(stage_body(dvc, "tune")["params"])
     for stage, entry in ENTRY.items():
         if stage in dvc["stages"]:
-            assert code_deps(stage_body(dvc, stage)) == runs(entry), f"{path}: {stage}"
+            wanted = runs(entry) | SHIPPED.get(stage, set())
+            assert code_deps(stage_body(dvc, stage)) == wanted, f"{path}: {stage}"
 
 
 def test_the_module_walk_sees_lazy_imports():
@@ -85,3 +96,40 @@ def test_the_module_walk_sees_lazy_imports():
     assert {"mml/cli.py", "mml/train.py", "mml/evaluate.py", "mml/data/video.py"} <= found
     assert all(p.startswith("mml/") for p in found)
     assert "mml/cli.py" not in runs("mml.train")
+
+
+def entry_sources(params: dict, name: str) -> tuple[set[str], str]:
+    """The stages whose checkpoints stage `name` reads (inits, teacher) and the data it reads:
+    the raw videos alone, one cache, or the whole cache directory."""
+    stages = params["stages"]
+    cfg = stages[name]
+    refs = [m["init"] for m in cfg["models"] if "." in m["init"]]
+    modalities = {m["modality"] for m in cfg["models"]}
+    if cfg.get("teacher"):
+        refs.append(cfg["teacher"])
+        teacher_stage, k = cfg["teacher"].rsplit(".", 1)
+        modalities.add(stages[teacher_stage]["models"][int(k)]["modality"])
+    cached = sorted(modalities - {"rgb"})
+    data = (
+        "${raw_dir}"
+        if not cached
+        else "${cache_dir}" + (f"/{cached[0]}" if len(cached) == 1 else "")
+    )
+    return {f"checkpoints/{ref.rsplit('.', 1)[0]}" for ref in refs}, data
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: str(p.relative_to(REPO)))
+def test_each_training_entry_reads_the_checkpoints_and_data_its_params_name(path):
+    # DVC's foreach cannot give each entry a list of deps of its own length, so `from` has a
+    # fixed length (padded by repeating an entry, or with the raw videos when there is none):
+    # it must hold exactly the stages that params.yaml's inits and teacher name
+    dvc = yaml.safe_load(path.read_text())
+    params = yaml.safe_load((path.parent / "params.yaml").read_text())
+    entries = dvc["stages"]["train"]["foreach"]
+    assert set(entries) == set(params["stages"]), f"{path}: trained stages != params stages"
+    slots = [d for d in stage_body(dvc, "train")["deps"] if "item.from[" in d]
+    for name, entry in entries.items():
+        sources, data = entry_sources(params, name)
+        assert len(entry["from"]) == len(slots), f"{path}: {name}"
+        assert set(entry["from"]) == (sources or {"${raw_dir}"}), f"{path}: {name}"
+        assert entry["data"] == data, f"{path}: {name}"

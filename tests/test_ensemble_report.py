@@ -10,8 +10,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from test_pipeline import mml, runner
 
+from mml.artifacts import Predictions, load_predictions, predicted_refs, predictions_glob
 from mml.cli import app
-from mml.ensemble import Member, combine, discover_candidates, greedy_selection, load_member
+from mml.ensemble import combine, greedy_selection
 
 CLASSES = np.array(["a", "b", "c"])
 TARGETS = np.array([0, 1, 2, 0])
@@ -63,8 +64,8 @@ def predictions(project):
 
 
 def test_combine_aligns_videos_by_id_and_averages_probabilities(predictions):
-    a = load_member(predictions / "predictions", "rgb_a.0")
-    b = load_member(predictions / "predictions", "flow_b.0")
+    a = load_predictions(predictions / "predictions", "rgb_a.0")
+    b = load_predictions(predictions / "predictions", "flow_b.0")
     scores, targets = combine([a, b])
     assert targets.tolist() == [0, 1, 2, 0]
     assert scores[0] == pytest.approx([0.45, 0.35, 0.2])  # video "1": (.6+.3)/2, ...
@@ -145,14 +146,14 @@ def test_empty_candidates_combine_every_evaluated_model(predictions):
     assert len(report["ensembles"]) == 3  # every pair of the three
 
 
-def test_discover_candidates_sorts_by_stage_then_model_number(tmp_path):
+def test_predicted_refs_sort_by_stage_then_model_number(tmp_path):
     for ref in ("rgb.10", "rgb.2", "flow.0"):
         stage, k = ref.split(".")
         (tmp_path / stage).mkdir(exist_ok=True)
         (tmp_path / stage / f"{k}.npz").touch()
     (tmp_path / "rgb" / ".3.npz.abc.tmp").touch()  # an interrupted atomic write
     (tmp_path / "rgb" / "scores.npz").touch()  # not <k>.npz: not a model's predictions
-    assert discover_candidates(tmp_path) == ["flow.0", "rgb.2", "rgb.10"]
+    assert predicted_refs(tmp_path.glob(predictions_glob())) == ["flow.0", "rgb.2", "rgb.10"]
 
 
 def test_empty_candidates_with_one_evaluated_model_says_what_to_run(predictions):
@@ -168,7 +169,7 @@ def test_empty_candidates_with_one_evaluated_model_says_what_to_run(predictions)
 GREEDY_TARGETS = np.array([0, 1, 2, 0, 1, 2])
 
 
-def member(ref: str, modality: str, plan: list[tuple[float, bool]]) -> Member:
+def member(ref: str, modality: str, plan: list[tuple[float, bool]]) -> Predictions:
     """Per video: probability `p` on the true class (right) or on the next one (wrong)."""
     rows = []
     for target, (p, right) in zip(GREEDY_TARGETS, plan, strict=True):
@@ -176,11 +177,11 @@ def member(ref: str, modality: str, plan: list[tuple[float, bool]]) -> Member:
         row[target if right else (target + 1) % 3] = p
         rows.append(row)
     ids = tuple(str(i) for i in range(len(plan)))
-    return Member(ref, modality, np.array(rows), GREEDY_TARGETS, ids, tuple(CLASSES))
+    return Predictions(ref, modality, np.array(rows), GREEDY_TARGETS, ids, tuple(CLASSES))
 
 
 @pytest.fixture
-def greedy_members() -> list[Member]:
+def greedy_members() -> list[Predictions]:
     x = member("x.0", "rgb", [(0.6, True)] * 4 + [(0.6, False)] * 2)  # 66.7: best single
     v = member("v.0", "flow", [(0.7, True)] * 3 + [(0.5, False)] * 3)  # 50, but redundant with x
     y = member("y.0", "flow", [(0.5, False)] * 4 + [(0.9, True), (0.5, False)])  # fixes video 4
@@ -207,6 +208,6 @@ def test_greedy_respects_distinct_modalities_only_when_asked(greedy_members):
 
 def test_greedy_breaks_ties_by_ref_and_needs_a_strict_gain(greedy_members):
     x = greedy_members[-1]
-    twin = Member("a_twin.0", "flow", x.scores, x.targets, x.ids, x.classes)
+    twin = Predictions("a_twin.0", "flow", x.scores, x.targets, x.ids, x.classes)
     steps = greedy_selection([x, twin], "top1", False, True, max_size=3)
     assert [s["members"] for s in steps] == [["a_twin.0"]]  # x + twin: equal, not better

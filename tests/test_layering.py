@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mml"
 # from the bottom up; a module may import its own layer and the ones below
 LAYERS = [
     {"errors", "fsio", "progress", "seeds", "workers", "losses", "metrics"},
-    {"config", "checkpoint", "stats"},
+    {"config", "checkpoint", "stats", "artifacts"},
     {"data", "models", "distributed", "tracking"},
     {"inference", "stage_setup", "stage_files", "ensemble"},
     {"train", "evaluate", "predictor", "runs"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from conftest import tiny_params
 from mlflow.tracking import MlflowClient
 from test_pipeline import mml, runner, runs
 
+from mml.artifacts import read_stage_metrics
 from mml.cli import app
 from mml.config import ConfigError, StageConfig, load_params
 from mml.data.dataset import collate
@@ -73,8 +73,8 @@ def test_mml_trains_three_modalities_on_aligned_clips_and_relaunches(workdir):
     _, _, children = runs("again")
     assert {c.data.tags["init"] for c in children} == {"mml.0", "mml.1"}
     mml("evaluate", "mml")
-    report = json.loads((project / "metrics/mml.json").read_text())
-    assert [report[k]["modality"] for k in "012"] == ["rgb", "flow", "diff"]
+    report = read_stage_metrics(project / "metrics/mml.json")
+    assert [report.models[k].modality for k in range(3)] == ["rgb", "flow", "diff"]
 
 
 @pytest.mark.slow
@@ -227,5 +227,5 @@ def test_multilabel_charades_format_trains_with_bce_kl_mean_and_map(project):
     _, _, children = runs("ml")
     assert all("val/mAP" in c.data.metrics and "val/top1" not in c.data.metrics for c in children)
     mml("evaluate", "ml")
-    report = json.loads((project / "metrics/ml.json").read_text())
-    assert 0 < report["0"]["mAP"] <= 100 and "top1" not in report["0"]
+    scores = read_stage_metrics(project / "metrics/ml.json").models[0].scores
+    assert 0 < scores["mAP"] <= 100 and "top1" not in scores

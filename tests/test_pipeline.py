@@ -12,6 +12,7 @@ from conftest import copy_dataset, tiny_params
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from mml.artifacts import read_stage_metrics
 from mml.cli import app
 from mml.train import Trainer
 
@@ -61,9 +62,9 @@ def test_train_and_evaluate_track_everything(project):
 
     out = mml("evaluate", "rgb_ce")
     assert "Dense 1 + Uniform 2" in out
-    report = json.loads((project / "metrics/rgb_ce.json").read_text())
-    assert report["views"] == "Dense 1 + Uniform 2" and 0 <= report["0"]["top1"] <= 100
-    assert len(report["0"]["per_class_top1"]) == 4
+    report = read_stage_metrics(project / "metrics/rgb_ce.json")
+    assert report.views == "Dense 1 + Uniform 2" and 0 <= report.models[0].scores["top1"] <= 100
+    assert len(report.models[0].per_class_top1) == 4
     npz = np.load(project / "predictions/rgb_ce/0.npz")
     assert npz["scores"].shape == (8, 4) and np.allclose(npz["scores"].sum(1), 1, atol=1e-5)
     assert (project / "plots/rgb_ce/eval/confusion_0.png").stat().st_size > 1000
@@ -71,7 +72,7 @@ def test_train_and_evaluate_track_everything(project):
     assert curves[0].startswith("epoch,train_loss_ce,") and "val_top1" in curves[0]
     assert [line.split(",")[0] for line in curves[1:]] == ["1", "2"]
     child = client.get_run(child.info.run_id)
-    assert child.data.metrics["test/top1"] == pytest.approx(report["0"]["top1"])
+    assert child.data.metrics["test/top1"] == pytest.approx(report.models[0].scores["top1"])
     names = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
     assert names == {"evaluation/0.npz", "evaluation/confusion_0.png"}
 

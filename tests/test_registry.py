@@ -7,6 +7,7 @@ predict from the registered models like a user would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from conftest import free_port, tiny_params, wait_for_http
 from mlflow.tracking import MlflowClient
 from test_pipeline import mml, runner
 
+from mml.artifacts import read_stage_metrics, write_stage_metrics
 from mml.cli import app
 from mml.config import load_params
 from mml.data.dataset import VideoClips, load_split, stage_caches
@@ -71,7 +73,7 @@ def test_promote_registers_both_champions_with_their_provenance(promoted):
     rgb, ensemble = champion("rgb"), champion("ensemble")
     assert rgb.tags["source_models"] == "rgb_ce.0" and rgb.tags["source_stage"] == "rgb_ce"
     assert ensemble.tags["source_models"] == "flow_ce.0,rgb_ce.0"
-    metrics = json.loads((promoted / "metrics/rgb_ce.json").read_text())["0"]
+    metrics = read_stage_metrics(promoted / "metrics/rgb_ce.json").models[0].scores
     assert float(rgb.tags["val.top1"]) == pytest.approx(metrics["top1"], abs=1e-3)
     meta_run = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("mml-tiny").experiment_id],
@@ -113,9 +115,10 @@ def test_a_worse_model_takes_the_alias_only_when_forced(promoted):
     mml("train", "rgb_b")
     mml("evaluate", "rgb_b")
     metrics_file = promoted / "metrics/rgb_b.json"
-    report = json.loads(metrics_file.read_text())
-    report["0"]["top1"] = -1.0  # certainly worse than the champion
-    metrics_file.write_text(json.dumps(report))
+    report = read_stage_metrics(metrics_file)
+    worse = {**report.models[0].scores, "top1": -1.0}  # certainly worse than the champion
+    models = {0: dataclasses.replace(report.models[0], scores=worse)}
+    write_stage_metrics(metrics_file, dataclasses.replace(report, models=models))
     only_b = ["-S", "promote.rgb_candidates=[rgb_b.0]"]
     out = mml("promote", "--dry-run", *only_b)
     assert "would register a new version" in out and "does not beat" in out

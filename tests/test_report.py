@@ -12,6 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from test_pipeline import mml, runner
 
+from mml.artifacts import ModelMetrics, StageMetrics, write_stage_metrics
 from mml.cli import app
 from mml.comparisons import Comparison, compare
 from mml.config import load_params
@@ -221,11 +222,11 @@ def test_tables_from_metrics_directories_average_over_runs(workspace, tmp_path):
             "flow_rgb": [("flow", "rgb_ce.0", 50.0)],
             "duo": [("rgb", "rgb_ce.0", 70.0), ("flow", "rgb_ce.0", 65.0)],
         }.items():
-            data = {
-                str(k): {"modality": m, "init": i, "top1": t + shift, "top5": 99.0}
+            models = {
+                k: ModelMetrics(m, i, {"top1": t + shift, "top5": 99.0})
                 for k, (m, i, t) in enumerate(entries)
             }
-            (root / f"{stage}.json").write_text(json.dumps(data))
+            write_stage_metrics(root / f"{stage}.json", StageMetrics("", "", [], models))
     out = mml("report", "--also", str(seed1))
     assert "3 models" not in out and "4 models" in out  # d3d has no metrics yet: no row
     md = (workspace / "reports/summary.md").read_text()

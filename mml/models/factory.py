@@ -7,7 +7,7 @@ from typing import Any
 
 import torchvision
 
-from mml import checkpoint
+from mml import artifacts, checkpoint
 from mml.config import ModelConfig
 from mml.models.backbones import (
     VideoClassifier,
@@ -46,7 +46,7 @@ def build_model(
     if init in ("imagenet", "scratch"):
         weights = _imagenet_weights(cfg) if init == "imagenet" else None
         return _make(cfg, num_classes, in_channels, weights)
-    path = model_path(checkpoints, init)
+    path = artifacts.checkpoint_path(checkpoints, init)
     payload = checkpoint.load(path)
     meta = payload["meta"]
     if meta["num_classes"] != num_classes:
@@ -63,12 +63,6 @@ def build_model(
     model.load_state_dict(payload["state_dict"])
     set_in_channels(model.backbone, in_channels)
     return model
-
-
-def model_path(checkpoints: Path, ref: str) -> Path:
-    """checkpoints/<stage>/<k>.pt for a model reference `<stage>.<k>`."""
-    stage, k = ref.rsplit(".", 1)
-    return Path(checkpoints) / stage / f"{k}.pt"
 
 
 def model_meta(
