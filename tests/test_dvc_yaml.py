@@ -8,11 +8,11 @@ lazy import counts too).
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
+from imports import imported
 
 from mml.stage_files import TRAINING_PARAMS
 
@@ -50,13 +50,7 @@ def runs(entry: str) -> set[str]:
             continue
         seen.add(path)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, node.module or ""]) if node.level else node.module
-                todo += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        todo += [module for module, _ in imported(path, package)]
     return {p.relative_to(REPO).as_posix() for p in seen if p.is_relative_to(REPO / "mml")}
 
 

@@ -3,8 +3,9 @@ modules are imported at the top of modules (cli.py alone imports lazily, for sta
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from imports import imported
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mml"
 
@@ -27,22 +28,9 @@ def layer(module: str) -> int:
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
-    """(mml module, imported inside a function) for each import in `path`."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    inner = {
-        id(sub)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        for sub in ast.walk(node)
-    }
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mml"):
-            names = [node.module] if node.module != "mml" else [f"mml.{a.name}" for a in node.names]
-            found += [(name, id(node) in inner) for name in names]
-        elif isinstance(node, ast.Import):
-            found += [(a.name, id(node) in inner) for a in node.names if a.name.startswith("mml")]
-    return found
+    """(mml module, imported inside a function) for each import of an mml module in `path`."""
+    package = ".".join(path.relative_to(PACKAGE.parent).parent.parts)
+    return [(name, inner) for name, inner in imported(path, package) if name.startswith("mml.")]
 
 
 def modules() -> list[tuple[str, Path]]:
