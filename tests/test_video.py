@@ -185,3 +185,28 @@ def test_write_video_rejects_bad_input(tmp_path: Path):
     with pytest.raises(ValueError, match="uint8"):
         write_video(tmp_path / "x.webm", frames.astype(np.float32), fps=25.0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_probe_all_memoises_every_readable_video_from_worker_processes(tmp_path, monkeypatch):
+    from mml.data import video
+
+    paths = []
+    for n in (5, 7, 9):
+        paths.append(tmp_path / f"v{n}.webm")
+        write_video(paths[-1], index_pattern_frames(n, 32, 32), fps=10.0)
+    broken = tmp_path / "broken.webm"
+    broken.write_bytes(b"not a video")
+    monkeypatch.setattr(video, "_PROBES", {})
+    monkeypatch.setattr(video, "PROBE_CHUNK", 1)  # four tasks over two worker processes
+    assert video.probe_all([*paths, broken, tmp_path / "missing.webm"], workers=2) == 3
+    assert sorted(info.num_frames for info in video._PROBES.values()) == [5, 7, 9]
+
+    def demux(path):
+        raise AssertionError(f"{path} demuxed again")
+
+    monkeypatch.setattr(video, "_probe", demux)  # memoised: no demuxing from now on
+    assert [num_frames(p) for p in paths] == [5, 7, 9]
+    assert video.probe_all(paths, workers=2) == 3
+    with pytest.raises(AssertionError, match="broken.webm demuxed again"):
+        probe(broken)  # not memoised: its reader probes (and reports) it

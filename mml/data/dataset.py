@@ -9,7 +9,6 @@ an epoch never stops on one bad file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
 from mml.data.cache import cache_path, open_cached
 from mml.data.sharding import ShardedBatches, shard_indices
-from mml.data.video import PROBE_MEMO, VideoDecodeError, num_frames, read_frames
+from mml.data.video import VideoDecodeError, num_frames, probe_all, read_frames
 from mml.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -99,17 +98,14 @@ class VideoClips(Dataset):
         self.epoch = 0
         self._probed = False
 
-    def probe_videos(self) -> None:
-        """Read every video's frame count once, here, so that the loader workers forked from
-        this process each epoch find it memoised (`video.probe`) instead of demuxing every
-        video again; a broken video is left to its worker to report and skip. Skipped for
-        datasets larger than the memo, where the workers probe as they go."""
-        if self._probed or len(self.records) > PROBE_MEMO:
-            return
-        for record in self.records:
-            with contextlib.suppress(VideoDecodeError):
-                num_frames(record.path)
-        self._probed = True
+    def probe_videos(self, workers: int = 0) -> None:
+        """Read every video's frame count once, into this process's memo (`video.probe_all`,
+        in `workers` processes), so that the loader workers forked from this process each
+        epoch find it there instead of demuxing every video again; a broken video is left to
+        its worker to report and skip."""
+        if not self._probed:
+            probe_all([record.path for record in self.records], workers)
+            self._probed = True
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random stream of `epoch` (call before iterating a new epoch)."""
@@ -267,7 +263,7 @@ def make_loader(
     """
     dataset.set_epoch(epoch)
     if loader.workers:
-        dataset.probe_videos()
+        dataset.probe_videos(loader.workers)
     batch_size = batch_size or loader.batch_size
     common = dict(
         num_workers=loader.workers,
