@@ -362,6 +362,119 @@ def package_config(root: Path) -> Path:
     return Path(root) / PACKAGE_CONFIG
 
 
+PACKAGE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    """mml-model.json: what a model package predicts with. Members are (ref, modality); each
+    one's checkpoint is the file `package_member(ref)` beside it."""
+
+    kind: str  # rgb | ensemble
+    classes: tuple[str, ...]
+    multilabel: bool
+    views: tuple[int, int]  # dense, uniform
+    fuse: str  # logits | probs
+    short_side: int | None
+    flow_algorithm: str
+    flow_bound: float
+    members: tuple[tuple[str, str], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PACKAGE_FORMAT,
+            "kind": self.kind,
+            "classes": list(self.classes),
+            "multilabel": self.multilabel,
+            "views": {"dense": self.views[0], "uniform": self.views[1]},
+            "fuse": self.fuse,
+            "short_side": self.short_side,
+            "flow": {"algorithm": self.flow_algorithm, "bound": self.flow_bound},
+            "members": [
+                {"ref": ref, "modality": modality, "file": package_member(ref)}
+                for ref, modality in self.members
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> PackageConfig:
+        """Every field checked: a package may come from anywhere (a registry, a download)."""
+
+        def bad(key: str, wanted: str) -> ArtifactError:
+            return ArtifactError(f"{source}: {key} must be {wanted}")
+
+        if not isinstance(data, dict):
+            raise bad("the file", "a JSON object")
+        if data.get("format") != PACKAGE_FORMAT:
+            raise ArtifactError(
+                f"{source}: model package format {data.get('format')!r}, need {PACKAGE_FORMAT}"
+            )
+        classes, views, flow = data.get("classes"), data.get("views"), data.get("flow")
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or not all(isinstance(c, str) for c in classes)
+        ):
+            raise bad("classes", "a non-empty list of strings")
+        if (
+            not isinstance(views, dict)
+            or not all(
+                isinstance(views.get(k), int) and views[k] >= 0 for k in ("dense", "uniform")
+            )
+            or views["dense"] + views["uniform"] == 0
+        ):
+            raise bad("views", "{dense, uniform}: counts >= 0, not both 0")
+        if not isinstance(flow, dict) or not isinstance(flow.get("algorithm"), str):
+            raise bad("flow", "{algorithm, bound}")
+        if not isinstance(flow.get("bound"), int | float) or flow["bound"] <= 0:
+            raise bad("flow.bound", "a positive number")
+        short = data.get("short_side")
+        if short is not None and (not isinstance(short, int) or short <= 0):
+            raise bad("short_side", "a positive integer or null")
+        if data.get("kind") not in ("rgb", "ensemble"):
+            raise bad("kind", "rgb or ensemble")
+        if data.get("fuse") not in ("logits", "probs"):
+            raise bad("fuse", "logits or probs")
+        if not isinstance(data.get("multilabel"), bool):
+            raise bad("multilabel", "true or false")
+        members = data.get("members")
+        if not isinstance(members, list) or not members:
+            raise bad("members", "a non-empty list")
+        pairs = []
+        for m in members:
+            if not isinstance(m, dict) or not all(
+                isinstance(m.get(k), str) for k in ("ref", "modality")
+            ):
+                raise bad("members", "a list of {ref, modality, file}")
+            if m.get("file", package_member(m["ref"])) != package_member(m["ref"]):
+                raise bad(f"member {m['ref']!r}'s file", f"{package_member(m['ref'])!r}")
+            pairs.append((m["ref"], m["modality"]))
+        return cls(
+            data["kind"],
+            tuple(classes),
+            data["multilabel"],
+            (views["dense"], views["uniform"]),
+            data["fuse"],
+            short,
+            flow["algorithm"],
+            float(flow["bound"]),
+            tuple(pairs),
+        )
+
+
+def write_package_config(root: Path, config: PackageConfig) -> None:
+    write_json(package_config(root), config.to_json())
+
+
+def read_package_config(root: Path) -> PackageConfig:
+    path = package_config(root)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{root}: not an mml model package ({err})") from None
+    return PackageConfig.from_json(data, str(path))
+
+
 def package_member(ref: str) -> str:
     """The file name of member `ref`'s checkpoint inside a model package (a plain file name:
     a package read from elsewhere cannot point outside its directory)."""

@@ -1,9 +1,9 @@
 """Class probabilities for video files from a model package: one model or an ensemble.
 
-A *model package* is a directory that `mml promote` builds and registers in MLflow (its files
-are named by mml.artifacts): mml-model.json holds the kind, classes, test views, view fusion,
-input short side, flow settings and the members (ref, modality, checkpoint file); <ref>.pt is
-each member's checkpoint (weights + plain metadata; weights_only loads).
+A *model package* is a directory that `mml promote` builds and registers in MLflow: its
+mml-model.json (`mml.artifacts.PackageConfig`: kind, classes, test views, view fusion, input
+short side, flow settings, members) and each member's checkpoint <ref>.pt (weights + plain
+metadata; weights_only loads).
 
 `VideoPredictor` runs every member on its own modality of the video (computing flow and
 differences itself, see mml.data.live) and averages the members' class probabilities, as
@@ -12,18 +12,17 @@ differences itself, see mml.data.live) and averages the members' class probabili
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from mml import artifacts, checkpoint
+from mml.artifacts import PackageConfig
 from mml.config import ClipConfig
 from mml.data.live import view_inputs
 from mml.data.sampling import ViewPlan
@@ -31,8 +30,6 @@ from mml.data.video import VideoDecodeError
 from mml.errors import UserError
 from mml.inference import fuse_views
 from mml.models.factory import model_from_checkpoint
-
-FORMAT = 1
 
 
 @dataclass
@@ -53,32 +50,31 @@ def write_package(
     short_side: int | None,
     flow_algorithm: str,
     flow_bound: float,
-) -> dict[str, Any]:
+) -> PackageConfig:
     """Copy the members' checkpoints (`(ref, path)`) into `root` and describe them."""
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    entries, classes = [], None
+    entries, classes, meta = [], None, {}
     for ref, path in members:
         meta = checkpoint.load(path)["meta"]
         if classes is not None and meta["classes"] != classes:
-            raise UserError(f"{ref} was trained on other classes than {entries[0]['ref']}")
+            raise UserError(f"{ref} was trained on other classes than {entries[0][0]}")
         classes = meta["classes"]
-        file = artifacts.package_member(ref)
-        shutil.copyfile(path, root / file)
-        entries.append({"ref": ref, "modality": meta["modality"], "file": file})
-    config = {
-        "format": FORMAT,
-        "kind": kind,
-        "classes": classes,
-        "multilabel": bool(meta.get("multilabel")),
-        "views": {"dense": views.dense, "uniform": views.uniform},
-        "fuse": fuse,
-        "short_side": short_side,
-        "flow": {"algorithm": flow_algorithm, "bound": flow_bound},
-        "members": entries,
-    }
-    artifacts.write_json(artifacts.package_config(root), config)
+        shutil.copyfile(path, root / artifacts.package_member(ref))
+        entries.append((ref, meta["modality"]))
+    config = PackageConfig(
+        kind,
+        tuple(classes),
+        bool(meta.get("multilabel")),
+        (views.dense, views.uniform),
+        fuse,
+        short_side,
+        flow_algorithm,
+        float(flow_bound),
+        tuple(entries),
+    )
+    artifacts.write_package_config(root, config)
     return config
 
 
@@ -88,22 +84,17 @@ class VideoPredictor:
     def __init__(self, root: Path) -> None:
 
         root = Path(root)
-        try:
-            config = json.loads(artifacts.package_config(root).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise UserError(f"{root}: not an mml model package ({err})") from None
-        if config.get("format") != FORMAT:
-            raise UserError(f"{root}: model package format {config.get('format')}, need {FORMAT}")
+        config = artifacts.read_package_config(root)
         self.config = config
-        self.classes: list[str] = list(config["classes"])
-        self.multilabel = bool(config["multilabel"])
-        self.views = ViewPlan(**config["views"])
-        self.fuse = config["fuse"]
+        self.classes: list[str] = list(config.classes)
+        self.multilabel = config.multilabel
+        self.views = ViewPlan(*config.views)
+        self.fuse = config.fuse
         self.members = []
-        for entry in config["members"]:
-            model, meta = model_from_checkpoint(root / artifacts.package_member(entry["ref"]))
+        for ref, _ in config.members:
+            model, meta = model_from_checkpoint(root / artifacts.package_member(ref))
             self.members.append(
-                PackageMember(entry["ref"], meta["modality"], model, ClipConfig(**meta["clip"]))
+                PackageMember(ref, meta["modality"], model, ClipConfig(**meta["clip"]))
             )
 
     @torch.inference_mode()
@@ -120,9 +111,9 @@ class VideoPredictor:
                     m.modality,
                     m.clip,
                     self.views,
-                    short_side=self.config["short_side"],
-                    flow_algorithm=self.config["flow"]["algorithm"],
-                    flow_bound=self.config["flow"]["bound"],
+                    short_side=self.config.short_side,
+                    flow_algorithm=self.config.flow_algorithm,
+                    flow_bound=self.config.flow_bound,
                 )
             probabilities.append(fuse_views(m.model, inputs[key][None], self.fuse, self.multilabel))
         return np.mean(probabilities, axis=0)[0]

@@ -92,3 +92,50 @@ def test_tuned_values_round_trip_and_refuse_another_stages_file(tmp_path):
     assert artifacts.read_tuned(path, "mml").values == {"stages.kl_weight": 0.3}
     with pytest.raises(ConfigError, match="holds values for stage 'mml', not 'rgb'"):
         artifacts.read_tuned(path, "rgb")
+
+
+def package() -> artifacts.PackageConfig:
+    return artifacts.PackageConfig(
+        "ensemble",
+        ("a", "b"),
+        False,
+        (1, 2),
+        "logits",
+        32,
+        "tvl1",
+        4.0,
+        (("rgb_ce.0", "rgb"), ("flow.1", "flow")),
+    )
+
+
+def test_a_package_config_round_trips(tmp_path):
+    artifacts.write_package_config(tmp_path, package())
+    assert artifacts.read_package_config(tmp_path) == package()
+    files = [
+        m["file"] for m in json.loads(artifacts.package_config(tmp_path).read_text())["members"]
+    ]
+    assert files == ["rgb_ce.0.pt", "flow.1.pt"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("format", 2, "model package format 2, need 1"),
+        ("classes", [], "classes must be"),
+        ("views", {"dense": 0, "uniform": 0}, "views must be"),
+        ("views", {"dense": "1", "uniform": 2}, "views must be"),
+        ("flow", {"algorithm": "tvl1", "bound": -1}, "flow.bound must be"),
+        ("short_side", 0, "short_side must be"),
+        ("kind", "other", "kind must be"),
+        ("fuse", "max", "fuse must be"),
+        ("multilabel", "no", "multilabel must be"),
+        ("members", [], "members must be"),
+        ("members", [{"ref": "x.0", "modality": "rgb", "file": "../../x.pt"}], "file must be"),
+        ("members", [{"ref": "../x.0", "modality": "rgb"}], "not a model reference"),
+    ],
+)
+def test_a_package_config_from_elsewhere_is_checked_key_by_key(tmp_path, key, value, message):
+    data = package().to_json() | {key: value}
+    artifacts.package_config(tmp_path).write_text(json.dumps(data))
+    with pytest.raises(artifacts.UserError, match=message):
+        artifacts.read_package_config(tmp_path)
