@@ -90,12 +90,18 @@ def data_synth(
 
 
 def _build_cache(
-    kind: str, params: Path, overrides: list[str] | None, workers: int | None, quiet: bool
+    kind: str,
+    params: Path,
+    overrides: list[str] | None,
+    workers: int | None,
+    quiet: bool,
+    shard: str | None,
 ) -> None:
     """Shared body of `mml data flow` and `mml data diff`: both splits, one cache directory."""
-    from mml.data.cache import build_cache
+    from mml.data.cache import Shard, build_cache
     from mml.data.dataset import cache_dir, load_split
 
+    part = None if shard is None else Shard.parse(shard)
     p = _params(params, overrides)
     records = [r for split in ("train", "val") for r in load_split(p.dataset, split).records]
     out = cache_dir(p.cache.root, p.dataset.name, kind)
@@ -107,9 +113,11 @@ def _build_cache(
         bound=p.cache.flow_bound,
         workers=workers,
         show_progress=not quiet,
+        shard=part,
     )
+    of = "" if part is None else f" (shard {part})"
     typer.echo(
-        f"{kind} cache {out}: {report.built} built, {report.skipped_existing} already cached, "
+        f"{kind} cache {out}{of}: {report.built} built, {report.skipped_existing} already cached, "
         f"{report.invalidated} invalidated, {len(report.broken)} broken ({report.seconds:.1f} s)"
     )
     for video_id, reason in report.broken:
@@ -119,6 +127,13 @@ def _build_cache(
 WorkersOpt = Annotated[
     int | None, typer.Option(help="parallel worker processes (default: CPU count)")
 ]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="K/N: build only shard K of N (from 0; e.g. $SLURM_ARRAY_TASK_ID/N or "
+        "$JOB_COMPLETION_INDEX/N): N jobs build one cache together, no merge step"
+    ),
+]
 
 
 @data_app.command("flow")
@@ -127,9 +142,10 @@ def data_flow(
     overrides: SetOpt = None,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
 ) -> None:
     """Optical-flow cache (TV-L1 or DIS per cache.flow_algorithm), uint8, one .npy per video."""
-    _run(lambda: _build_cache("flow", params, overrides, workers, quiet))
+    _run(lambda: _build_cache("flow", params, overrides, workers, quiet, shard))
 
 
 @data_app.command("diff")
@@ -138,9 +154,10 @@ def data_diff(
     overrides: SetOpt = None,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
 ) -> None:
     """RGB-difference cache (next - previous frame), uint8, one .npy per video."""
-    _run(lambda: _build_cache("diff", params, overrides, workers, quiet))
+    _run(lambda: _build_cache("diff", params, overrides, workers, quiet, shard))
 
 
 @data_app.command("check")

@@ -10,7 +10,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
@@ -32,10 +32,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def remove_temp_files(directory: Path) -> int:
-    """Delete the temp files that killed `atomic_write` calls left in `directory`; how many."""
+def remove_temp_files(directory: Path, targets: Iterable[str] | None = None) -> int:
+    """Delete the temp files that killed `atomic_write` calls left in `directory`; how many.
+
+    With `targets` (file names), only the temp files of those targets: other writers of the
+    directory (another shard of a build) keep theirs.
+    """
+    names = None if targets is None else set(targets)
     removed = 0
     for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        if names is not None and tmp.name[1:].rsplit(".", 2)[0] not in names:
+            continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mml.config import ConfigError
 from mml.data.annotations import VideoRecord
-from mml.data.cache import build_cache, cache_path, open_cached
+from mml.data.cache import Shard, build_cache, cache_path, open_cached
 from mml.data.flow import (
     compute_flow,
     dequantize_diff,
@@ -169,3 +170,55 @@ def test_unknown_settings_are_refused_before_touching_the_directory(videos, tmp_
 
 def test_cache_path_is_named_by_video_id(tmp_path: Path):
     assert cache_path(tmp_path, "12345") == tmp_path / "12345.npy"
+
+
+def test_shards_partition_the_videos_deterministically():
+    ids = [f"video-{i}" for i in range(1000)]
+    shards = [Shard.parse(f"{k}/4") for k in range(4)]
+    parts = [{v for v in ids if s.holds(v)} for s in shards]
+    assert set().union(*parts) == set(ids) and sum(map(len, parts)) == len(ids)
+    assert all(200 <= len(p) <= 300 for p in parts)  # balanced by the hash
+    # a video's shard depends on its id only: adding videos moves no other video
+    assert [Shard(1, 4).holds(v) for v in ids[:50]] == [v in parts[1] for v in ids[:50]]
+    assert str(Shard.parse(" 3 / 8 ")) == "3/8"
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b", "1/0"])
+def test_a_bad_shard_is_refused_with_the_expected_form(text):
+    with pytest.raises(ConfigError, match="0 <= K < N"):
+        Shard.parse(text)
+
+
+@pytest.mark.slow
+def test_shards_build_one_cache_byte_identical_to_a_single_build(videos, tmp_path):
+    many = videos + [
+        VideoRecord(f"w{i}", videos[i % 3].path, (0,)) for i in range(5)
+    ]  # 8 ids over 3 files: both shards get some
+    single = build_cache(many, tmp_path / "one", "flow", workers=1, show_progress=False)
+    assert single.built == len(many)
+    stray = tmp_path / "sharded" / ".v0.npy.other1.tmp"  # another shard's write in progress
+    stray.parent.mkdir()
+    stray.write_bytes(b"half a file")
+    built = 0
+    for k in range(2):
+        report = build_cache(
+            many, tmp_path / "sharded", "flow", workers=1, show_progress=False, shard=Shard(k, 2)
+        )
+        built += report.built
+        mine = {r.id for r in many if Shard(k, 2).holds(r.id)}
+        assert report.built == len(mine) > 0
+        v0_built = any(Shard(j, 2).holds("v0") for j in range(k + 1))
+        assert stray.exists() == (not v0_built)  # only v0's shard removes v0's temp file
+    assert built == len(many)
+    one, two = tmp_path / "one", tmp_path / "sharded"
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    for path in one.iterdir():
+        assert path.read_bytes() == (two / path.name).read_bytes(), path.name
+
+
+def test_a_shard_refuses_a_cache_of_other_settings_and_deletes_nothing(videos, tmp_path):
+    build_cache(videos, tmp_path, "flow", bound=2.0, workers=1, show_progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="shard 0/2.*other settings.*clear the directory"):
+        build_cache(videos, tmp_path, "flow", bound=4.0, show_progress=False, shard=Shard(0, 2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

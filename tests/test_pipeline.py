@@ -171,3 +171,15 @@ def test_validation_every_n_epochs_and_always_after_the_last(project):
     rows = [line.split(",") for line in (project / "plots/rgb_ce/curves/0.csv").read_text().split()]
     top1 = rows[0].index("val_top1")
     assert [row[top1] != "" for row in rows[1:]] == [False, True, True]
+
+
+@pytest.mark.slow
+def test_cache_shards_from_the_cli_build_the_whole_cache_together(project):
+    out = [mml("data", "diff", "--shard", f"{k}/2", "--workers", "1") for k in range(2)]
+    assert all("(shard " in o and "0 broken" in o for o in out)
+    built = [int(o.split(": ")[1].split(" built")[0]) for o in out]
+    assert min(built) > 0
+    again = mml("data", "diff")  # the unsharded build finds every video cached
+    assert f"0 built, {sum(built)} already cached, 0 invalidated" in again
+    result = runner.invoke(app, ["data", "diff", "--shard", "2/2"])
+    assert result.exit_code != 0 and "0 <= K < N" in result.output

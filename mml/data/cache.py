@@ -9,14 +9,24 @@ Layout of a cache directory::
 Files are at the video's own resolution and written atomically (mml.fsio), so a killed build
 leaves only complete ``.npy`` files (and hidden temp files, removed by the next build); a
 re-run builds what is missing. If ``settings.json`` differs from the requested settings, every
-``.npy`` in the directory is stale and is deleted first. One build per directory at a time.
+``.npy`` in the directory is stale and is deleted first. One build per directory at a time,
+except shards of one build.
 Readers open files with :func:`open_cached` (memory-mapped: a clip reads only its frames).
+
+Sharded builds (`Shard`, `mml data flow --shard K/N`): shard K of N builds the videos whose id
+hashes to K (SHA-256 of the id, mod N): a deterministic, disjoint slice that does not move when
+videos are added, so N jobs of a scheduler's array build one directory together with no merge
+step, each writing only its own files. A shard never deletes: it refuses a directory whose
+``settings.json`` differs (clear it, or rebuild it unsharded), and it removes only its own
+videos' temp files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +36,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from mml.config import CacheConfig
+from mml.config import CacheConfig, ConfigError
 from mml.data.annotations import VideoRecord
 from mml.data.flow import ALGORITHMS, compute_flow, quantize_diff, quantize_flow, rgb_diff
 from mml.data.video import VideoDecodeError, num_frames, read_frames
@@ -52,6 +62,31 @@ class CacheReport:
     broken: list[tuple[str, str]] = field(default_factory=list)  # (video id, reason)
     invalidated: int = 0  # stale .npy files deleted because the settings changed
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (0 <= index < count): the videos whose id hashes to `index`."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'K/N', as a scheduler's array index and size give it (SLURM, Kubernetes: from 0)."""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not match or not int(match[1]) < int(match[2]):
+            raise ConfigError(
+                f"--shard {text!r}: expected K/N with 0 <= K < N (shard K of N, counted from 0)"
+            )
+        return cls(int(match[1]), int(match[2]))
+
+    def holds(self, video_id: str) -> bool:
+        digest = hashlib.sha256(video_id.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 def cache_path(cache_dir: Path, video_id: str) -> Path:
@@ -93,8 +128,10 @@ def build_cache(
     bound: float = DEFAULT_BOUND,
     workers: int | None = None,
     show_progress: bool = True,
+    shard: Shard | None = None,
 ) -> CacheReport:
-    """Write the ``kind`` cache of every record that is not cached yet; see the module doc.
+    """Write the ``kind`` cache of every record (of `shard`, if given) that is not cached yet;
+    see the module doc.
 
     Videos that cannot be decoded (or have fewer than 2 frames) are listed in
     ``report.broken`` and skipped; the others are still built.
@@ -103,7 +140,12 @@ def build_cache(
     cache_dir = Path(cache_dir)
     settings = cache_settings(kind, algorithm, bound)
     _check_unique_ids(records)
-    report = CacheReport(invalidated=_prepare_dir(cache_dir, settings))
+    if shard is None:
+        report = CacheReport(invalidated=_prepare_dir(cache_dir, settings))
+    else:
+        records = [r for r in records if shard.holds(r.id)]
+        _join_dir(cache_dir, settings, shard, [cache_path(cache_dir, r.id).name for r in records])
+        report = CacheReport()
 
     todo = [r for r in records if not cache_path(cache_dir, r.id).is_file()]
     report.skipped_existing = len(records) - len(todo)
@@ -138,6 +180,30 @@ def _prepare_dir(cache_dir: Path, settings: dict[str, Any]) -> int:
             invalidated += 1
         atomic_write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return invalidated
+
+
+def _join_dir(cache_dir: Path, settings: dict[str, Any], shard: Shard, names: list[str]) -> None:
+    """A shard's start: the directory holds this build's settings (or nothing yet); only the
+    shard's own temp files are removed."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    settings_path = cache_dir / SETTINGS_FILE
+    try:
+        existing = json.loads(settings_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        existing = None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{settings_path}: unreadable ({err})") from None
+    if existing is None and any(cache_dir.glob("*.npy")):
+        existing = "files without settings.json"
+    if existing is not None and existing != settings:
+        raise ConfigError(
+            f"shard {shard}: {cache_dir} holds a cache of other settings ({existing}); a shard "
+            "never deletes other shards' files: clear the directory, or rebuild it unsharded, "
+            "before a sharded build."
+        )
+    if existing is None:  # every shard writes the same bytes: the last rename wins, harmlessly
+        atomic_write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    remove_temp_files(cache_dir, names)
 
 
 def _build_all(
