@@ -2,10 +2,13 @@
 
 Table 1: one model per architecture. Table 2: the joint ML/MML step (`mml.train.JointStep`,
 M = 2 and 3 models on one batch) against the sum of the same models' single CE steps through
-the same code. Each configuration runs in a fresh subprocess so that its peak RSS is its own;
+the same code. Table 3: the same steps in mixed precision (`compute.precision: bf16`, autocast
+with channels_last) against float32: a ratio on this CPU, not a claim about GPUs.
+Each configuration runs in a fresh subprocess so that its peak RSS is its own;
 memory is the peak RSS growth over the process after imports.
 
     python benchmarks/train_step.py [--params params.yaml] [--steps 10] [-S key=value ...]
+    python benchmarks/train_step.py --only-precision    # table 3 alone
 """
 
 from __future__ import annotations
@@ -67,9 +70,10 @@ def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> 
     from mml.data.dataset import Batch
     from mml.models import MODALITY_CHANNELS, build_model
     from mml.stage_setup import make_optimizer
-    from mml.train import JointStep, Member
+    from mml.train import JointStep, Member, precision_dtypes
 
     params = load_params(params_path, overrides)
+    dtype, autocast = precision_dtypes(params.compute.precision)
     method, names = spec.split(":")
     modalities = names.split(",")
     b, c = params.loader.batch_size, params.clip
@@ -77,13 +81,25 @@ def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> 
     torch.manual_seed(0)
     members = []
     for k, modality in enumerate(modalities):
-        model = build_model(params.model, 12, modality).train()
+        model = build_model(params.model, 12, modality).train().to(dtype)
+        if autocast is not None and params.model.arch.startswith("tsm"):
+            model = model.to(memory_format=torch.channels_last)  # as mml.train.Trainer does
         members.append(Member(k, modality, model, make_optimizer(model, params, fresh_head=False)))
     cfg = StageConfig(method=method, models=[{"modality": m} for m in modalities])
-    step = JointStep(cfg, members, False, 12, clip_grad=params.train.clip_grad)
+    scaler = torch.amp.GradScaler("cpu") if params.compute.precision == "fp16" else None
+    step = JointStep(
+        cfg,
+        members,
+        False,
+        12,
+        clip_grad=params.train.clip_grad,
+        dtype=dtype,
+        autocast=autocast,
+        scaler=scaler,
+    )
     shape = (b, c.segments)
     inputs = {
-        m: torch.randn(*shape, MODALITY_CHANNELS[m], c.crop_size, c.crop_size)
+        m: torch.randn(*shape, MODALITY_CHANNELS[m], c.crop_size, c.crop_size, dtype=dtype)
         for m in set(modalities)
     }
     batch = Batch(inputs, torch.randint(0, 12, (b,)), [str(i) for i in range(b)], [])
@@ -129,6 +145,19 @@ def joint_table(args) -> None:
     print(f"\nsingle CE steps: {cells}")
 
 
+def precision_table(args) -> None:
+    """Joint steps in bf16 (autocast) against float32, each in a fresh process."""
+    print("\n| step | float32 ms | bf16 ms | bf16 / float32 |")
+    print("|---|---|---|---|")
+    for spec in ("ce:rgb", "mml:rgb,flow,diff"):
+        ms = {}
+        for precision in ("float32", "bf16"):
+            extra = ["--joint", spec, "-S", f"compute.precision={precision}"]
+            ms[precision] = _subprocess(args, extra)["step_ms"]
+        ratio = ms["bf16"] / ms["float32"]
+        print(f"| {spec} | {ms['float32']:.0f} | {ms['bf16']:.0f} | {ratio:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -137,6 +166,7 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--joint", help=argparse.SUPPRESS)
     parser.add_argument("--only-joint", action="store_true", help="skip the per-arch table")
+    parser.add_argument("--only-precision", action="store_true", help="table 3 alone")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.params, args.overrides, args.steps)))
@@ -146,6 +176,9 @@ def main() -> None:
         return
     if args.only_joint:
         joint_table(args)
+        return
+    if args.only_precision:
+        precision_table(args)
         return
     configs = [args.overrides]  # the default (plus any -S given), then a few comparisons
     configs += [
@@ -182,6 +215,7 @@ def main() -> None:
         ]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     joint_table(args)
+    precision_table(args)
 
 
 if __name__ == "__main__":

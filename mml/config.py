@@ -293,8 +293,10 @@ class ComputeConfig(Section):
         "auto", description="torch.distributed backend; auto: nccl on GPUs, gloo on CPU"
     )
     sync_bn: bool = Field(True, description="BatchNorm statistics over all processes' shards")
-    precision: Literal["float32", "float64"] = Field(
-        "float32", description="float64: slow; for exact comparisons (e.g. DDP vs 1 process)"
+    precision: Literal["float32", "float64", "bf16", "fp16"] = Field(
+        "float32",
+        description="float64: slow, for exact comparisons (e.g. DDP vs 1 process); bf16/fp16: "
+        "mixed precision (torch.autocast, weights and losses in float32; fp16 with a GradScaler)",
     )
     timeout_minutes: float = Field(30.0, gt=0, description="collective timeout (rank 0 logs)")
     threads: int | None = Field(

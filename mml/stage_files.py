@@ -93,8 +93,10 @@ def save(
     fingerprint: str,
     epochs_done: int,
     parent_run_id: str,
+    scaler: dict | None = None,
 ) -> None:
-    """Write `<k>.pt` for every model, then `last.pt` (each atomically)."""
+    """Write `<k>.pt` for every model, then `last.pt` (each atomically); `scaler` is the fp16
+    loss scaler's state (mixed precision), resumed with the rest."""
     for k, m in enumerate(models):
         checkpoint.save(
             artifacts.stage_checkpoint(out_dir, k),
@@ -107,6 +109,7 @@ def save(
             "fingerprint": fingerprint,
             "epoch": epochs_done,
             "parent_run_id": parent_run_id,
+            "scaler": scaler,
             "members": [
                 {
                     "model": _cpu(m.model.state_dict()),

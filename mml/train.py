@@ -11,6 +11,7 @@ one DistributedDataParallel module over each process's slice of the global batch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,7 +78,9 @@ class JointStep:
     teacher_modality: str = ""
     net: torch.nn.Module | None = None  # the members' models as one (DDP) module
     device: torch.device = torch.device("cpu")
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = torch.float32  # of the weights and inputs
+    autocast: torch.dtype | None = None  # mixed precision: the forward pass's lower precision
+    scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -92,13 +95,18 @@ class JointStep:
         method, cfg = self.cfg.method, self.cfg
         targets = batch.targets.to(self.device)
         inputs = [batch.inputs[m.modality].to(self.device, self.dtype) for m in self.members]
-        # MARS matches feature maps before global pooling
-        outputs = self.net(inputs, with_features=method == "mars")
+        with self._forward_precision():
+            # MARS matches feature maps before global pooling
+            outputs = self.net(inputs, with_features=method == "mars")
+            if self.teacher is not None:
+                with torch.no_grad():
+                    x = batch.inputs[self.teacher_modality].to(self.device, self.dtype)
+                    teacher = self.teacher.forward_with_features(x)
+        if self.autocast is not None:  # every loss term (CE/BCE, KL, MSE) in float32
+            outputs = [(own.float(), None if f is None else f.float()) for own, f in outputs]
+            if self.teacher is not None:
+                teacher = tuple(t.float() for t in teacher)
         logits = [out[0] for out in outputs]
-        if self.teacher is not None:
-            with torch.no_grad():
-                x = batch.inputs[self.teacher_modality].to(self.device, self.dtype)
-                teacher = self.teacher.forward_with_features(x)
         stats, total = [], 0.0
         for i, (own, fmap) in enumerate(outputs):
             loss_task = losses.task_loss(own, targets, multilabel=self.multilabel)
@@ -124,12 +132,34 @@ class JointStep:
             m.optimizer.zero_grad(set_to_none=True)
             for group in m.optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-        (total * weight).backward()  # models share no parameters: one backward serves all
+        scaled = total * weight
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        scaled.backward()  # models share no parameters: one backward serves all
         for m in self.members:
+            if self.scaler is not None:
+                self.scaler.unscale_(m.optimizer)  # clip the true gradients
             if self.clip_grad:
                 torch.nn.utils.clip_grad_norm_(m.model.parameters(), self.clip_grad)
-            m.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(m.optimizer)  # skipped when a gradient overflowed
+            else:
+                m.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
         return stats
+
+    def _forward_precision(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+
+def precision_dtypes(precision: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype of the weights, inputs and checkpoints; dtype of the autocast forward or None)
+    of a `compute.precision`: mixed precision keeps float32 weights (and float32 losses)."""
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return (torch.float64 if precision == "float64" else torch.float32), autocast
 
 
 def _top1(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> float:
@@ -156,7 +186,7 @@ class Trainer:
         check_inits(stage, self.cfg)
         self.world = world or World(device=distributed.pick_device(self.params.compute.device))
         distributed.set_threads(self.params.compute, self.params.loader.workers)
-        self.dtype = getattr(torch, self.params.compute.precision)
+        self.dtype, self.autocast = precision_dtypes(self.params.compute.precision)
         self.show_progress = show_progress and self.world.main
         # checkpoints (and curves) of this run; elsewhere than checkpoints/<stage> for tuning trials
         self.out_dir = out_dir or artifacts.checkpoint_dir(self.params.paths.checkpoints, stage)
@@ -199,6 +229,12 @@ class Trainer:
             net=distributed.wrap(JointForward([m.model for m in self.members]), self.world),
             device=self.world.device,
             dtype=self.dtype,
+            autocast=self.autocast,
+            scaler=(
+                torch.amp.GradScaler(self.world.device.type)
+                if self.params.compute.precision == "fp16"
+                else None
+            ),
         )
         self.start_epoch = 0
         self.parent_run_id = ""
@@ -213,6 +249,8 @@ class Trainer:
             spec.init,
             checkpoints=self.params.paths.checkpoints,
         ).to(self.world.device, self.dtype)
+        if self.autocast is not None and self.params.model.arch.startswith("tsm"):
+            model = model.to(memory_format=torch.channels_last)  # 2D convs: NHWC is faster
         if self.world.distributed and self.params.compute.sync_bn:
             model = distributed.sync_batchnorm(model, self.world.device)
         optimizer = make_optimizer(model, self.params, fresh_head=spec.init == "imagenet")
@@ -429,6 +467,7 @@ class Trainer:
             fingerprint=self.fingerprint(),
             epochs_done=epochs_done,
             parent_run_id=self.parent_run_id,
+            scaler=None if self.joint.scaler is None else self.joint.scaler.state_dict(),
         )
 
     def _saved_state(self, *, strict: bool) -> dict | None:
@@ -441,6 +480,8 @@ class Trainer:
             m.model.load_state_dict(saved["model"])
             m.optimizer.load_state_dict(saved["optimizer"])
             m.run_id, m.history = saved["run_id"], list(saved["history"])
+        if self.joint.scaler is not None and state.get("scaler"):
+            self.joint.scaler.load_state_dict(state["scaler"])
         if self.world.main:
             for run_id in [self.parent_run_id, *(m.run_id for m in self.members)]:
                 tracking.resume_run(client, run_id)

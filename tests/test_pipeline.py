@@ -77,9 +77,13 @@ def test_train_and_evaluate_track_everything(project):
     assert names == {"evaluation/0.npz", "evaluation/confusion_0.png"}
 
 
-def test_interrupted_training_resumes_to_the_same_result(project, monkeypatch, tmp_path_factory):
+@pytest.mark.parametrize(  # fp16: the loss scaler resumes too
+    "precision", ["float32", pytest.param("fp16", marks=pytest.mark.slow)]
+)
+def test_interrupted_training_resumes_to_the_same_result(project, monkeypatch, precision):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["epochs"] = 3
+    params["compute"] = {"precision": precision}
     params["loader"]["workers"] = 2  # resume must not depend on worker scheduling
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     mml("train", "rgb_ce")
