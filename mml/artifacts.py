@@ -179,6 +179,12 @@ def parse_stage_metrics(text: str, source: str) -> StageMetrics:
     return StageMetrics.from_json(data, source)
 
 
+def evaluated_stages(metrics: Path) -> list[str]:
+    """The stages with a metrics file in the metrics directory (every JSON but the ensembles')."""
+    names = (p.stem for p in Path(metrics).glob("*.json"))
+    return sorted(name for name in names if name != ENSEMBLES)
+
+
 def evaluated_models(metrics: Path, stages: Iterable[str]) -> dict[str, ModelMetrics]:
     """{ref: metrics} of every model of `stages` whose metrics file exists, by ref."""
     found = {}

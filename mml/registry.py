@@ -84,7 +84,8 @@ def promote(params: Params, *, force: bool = False, dry_run: bool = False) -> li
 # ---- candidates ------------------------------------------------------------------------------
 def best_rgb(params: Params) -> tuple[str, list[str], str, dict[str, float]]:
     """('rgb', [ref], metric, metrics) of the best evaluated RGB model (ties: first ref)."""
-    evaluated = artifacts.evaluated_models(params.paths.metrics, params.stages)
+    metrics_dir = params.paths.metrics
+    evaluated = artifacts.evaluated_models(metrics_dir, artifacts.evaluated_stages(metrics_dir))
     rows = [(ref, m) for ref, m in evaluated.items() if m.modality == "rgb"]
     wanted = params.promote.rgb_candidates
     if wanted:

@@ -139,3 +139,9 @@ def test_a_package_config_from_elsewhere_is_checked_key_by_key(tmp_path, key, va
     artifacts.package_config(tmp_path).write_text(json.dumps(data))
     with pytest.raises(artifacts.UserError, match=message):
         artifacts.read_package_config(tmp_path)
+
+
+def test_evaluated_stages_are_the_metrics_files_but_the_ensembles(tmp_path):
+    for name in ("rgb_ce", "mml", artifacts.ENSEMBLES):
+        artifacts.write_json(artifacts.metrics_path(tmp_path, name), {})
+    assert artifacts.evaluated_stages(tmp_path) == ["mml", "rgb_ce"]
