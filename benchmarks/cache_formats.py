@@ -33,10 +33,9 @@ from pathlib import Path
 import av  # noqa: F401  (before decord: see mml/data/video.py)
 import cv2
 import numpy as np
+import ssv2_like
 
-from mml.config import SynthConfig
 from mml.data.flow import compute_flow, quantize_diff, quantize_flow, rgb_diff
-from mml.data.synth import generate
 from mml.data.video import num_frames, read_frames
 
 T, STACK = 8, 5
@@ -145,22 +144,12 @@ def main() -> None:
     parser.add_argument("--algorithm", default="dis", choices=["tvl1", "dis"])
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    synth = SynthConfig(
-        seed=0,
-        train_per_class=args.videos,
-        val_per_class=1,
-        num_classes=2,
-        frames=(45, 45),
-        height=240,
-        width=426,
-        texture=0.3,
-    )
     totals: dict[tuple[str, str], list] = {}
     rgb_ms = []
     with tempfile.TemporaryDirectory(prefix="mml-cache-formats-") as tmp:
         root = Path(tmp)
-        generate(root / "data", synth)
-        for path in sorted((root / "data").glob("videos/*"))[: args.videos]:
+        data = ssv2_like.render(root / "data", 2 * args.videos)
+        for path in sorted(data.glob("videos/*"))[: args.videos]:
             frames = read_frames(path, np.arange(num_frames(path)))
             wanted = clip_fields(len(frames) - 1)[:: STACK // 2][:T]
             rgb_ms.append(timed(lambda path=path, w=wanted: read_frames(path, w)))

@@ -23,10 +23,9 @@ from pathlib import Path
 import av  # noqa: F401  (before decord: see mml/data/video.py)
 import cv2
 import numpy as np
+import ssv2_like
 
-from mml.config import SynthConfig
 from mml.data.flow import compute_flow
-from mml.data.synth import generate
 from mml.data.video import num_frames, read_frames
 
 DATASETS = {  # name: (videos, fields per video)
@@ -37,19 +36,9 @@ DATASETS = {  # name: (videos, fields per video)
 
 def fields_per_second(size: str, videos: int, frames: int, algorithm: str) -> float:
     width, height = (int(x) for x in size.lower().split("x"))
-    config = SynthConfig(
-        seed=0,
-        train_per_class=videos,
-        val_per_class=1,
-        num_classes=2,
-        frames=(frames, frames),
-        height=height,
-        width=width,
-        texture=0.3,
-    )
     with tempfile.TemporaryDirectory(prefix="mml-flow-rate-") as tmp:
-        generate(Path(tmp), config)
-        paths = sorted(Path(tmp).glob("videos/*"))[:videos]
+        root = ssv2_like.render(Path(tmp), 2 * videos, width, height, frames)
+        paths = sorted(root.glob("videos/*"))[:videos]
         clips = [read_frames(p, np.arange(num_frames(p))) for p in paths]
     compute_flow(clips[0][:3], algorithm)  # warm-up: OpenCV's first call allocates
     fields, start = 0, time.perf_counter()

@@ -60,14 +60,13 @@ def step_rate(arch: str, precision: str, size: int, batch: int, steps: int, devi
     from mml.config import ModelConfig, StageConfig
     from mml.data.dataset import Batch
     from mml.models import build_model
-    from mml.train import JointStep, Member, precision_dtypes
+    from mml.train import JointStep, Member, for_precision, precision_dtypes
 
     dev = torch.device(device)
     dtype, autocast = precision_dtypes(precision)
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch), 174, "rgb").to(dev, dtype).train()
-    if autocast is not None and arch.startswith("tsm"):
-        model = model.to(memory_format=torch.channels_last)
+    model = for_precision(model, arch, autocast)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for group in optimizer.param_groups:
         group["lr_mult"] = 1.0

@@ -61,23 +61,14 @@ def ssv2(videos: int, repeats: int) -> None:
     import tempfile
     from pathlib import Path
 
-    from mml.config import ClipConfig, DatasetConfig, SynthConfig
-    from mml.data.cache import build_cache
-    from mml.data.synth import generate
+    import ssv2_like
 
-    synth = SynthConfig(
-        seed=0,
-        train_per_class=videos // 2,
-        val_per_class=1,
-        num_classes=2,
-        frames=(45, 45),
-        height=240,
-        width=426,
-        texture=0.3,
-    )
+    from mml.config import ClipConfig, DatasetConfig
+    from mml.data.cache import build_cache
+
     with tempfile.TemporaryDirectory(prefix="mml-ssv2-loader-") as tmp:
         root = Path(tmp)
-        generate(root / "data", synth)
+        ssv2_like.render(root / "data", videos)
         cfg = DatasetConfig(root=root / "data")
         ann = load_split(cfg, "train")
         caches = {m: root / "cache" / m for m in ("flow", "diff")}

@@ -70,7 +70,7 @@ def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> 
     from mml.data.dataset import Batch
     from mml.models import MODALITY_CHANNELS, build_model
     from mml.stage_setup import make_optimizer
-    from mml.train import JointStep, Member, precision_dtypes
+    from mml.train import JointStep, Member, for_precision, precision_dtypes
 
     params = load_params(params_path, overrides)
     dtype, autocast = precision_dtypes(params.compute.precision)
@@ -82,8 +82,7 @@ def run_joint(params_path: str, overrides: list[str], steps: int, spec: str) -> 
     members = []
     for k, modality in enumerate(modalities):
         model = build_model(params.model, 12, modality).train().to(dtype)
-        if autocast is not None and params.model.arch.startswith("tsm"):
-            model = model.to(memory_format=torch.channels_last)  # as mml.train.Trainer does
+        model = for_precision(model, params.model.arch, autocast)
         members.append(Member(k, modality, model, make_optimizer(model, params, fresh_head=False)))
     cfg = StageConfig(method=method, models=[{"modality": m} for m in modalities])
     scaler = torch.amp.GradScaler("cpu") if params.compute.precision == "fp16" else None

@@ -49,7 +49,7 @@ class Run:
     predictions: str | None = "predictions"
     _members: dict[str, Predictions | None] = field(default_factory=dict, repr=False)
     _stages: dict[str, StageMetrics | None] = field(default_factory=dict, repr=False)
-    _json: dict[str, dict] = field(default_factory=dict, repr=False)
+    _ensembles: dict | None = field(default=None, repr=False)
 
     def _path(self, *parts: str) -> str:
         return str(PurePosixPath(self.root, *parts))
@@ -103,13 +103,13 @@ class Run:
 
     def ensembles(self) -> dict:
         """metrics/ensembles.json as `mml ensemble` wrote it; {} if absent or unreadable."""
-        if artifacts.ENSEMBLES not in self._json:
+        if self._ensembles is None:
             text = self._read_text(artifacts.ENSEMBLES)
             try:
-                self._json[artifacts.ENSEMBLES] = json.loads(text) if text else {}
+                self._ensembles = json.loads(text) if text else {}
             except ValueError:
-                self._json[artifacts.ENSEMBLES] = {}
-        return self._json[artifacts.ENSEMBLES]
+                self._ensembles = {}
+        return self._ensembles
 
     def model_metrics(self, ref: str) -> dict[str, float] | None:
         """{"top1", "top5"} or {"mAP"} of model `ref`: its metrics file's entry, else computed

@@ -162,6 +162,14 @@ def precision_dtypes(precision: str) -> tuple[torch.dtype, torch.dtype | None]:
     return (torch.float64 if precision == "float64" else torch.float32), autocast
 
 
+def for_precision(model: torch.nn.Module, arch: str, autocast: torch.dtype | None):
+    """`model` laid out for its precision: 2D TSM models in channels_last under mixed
+    precision (NHWC convolutions are the fast ones there), otherwise unchanged."""
+    if autocast is not None and arch.startswith("tsm"):
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _top1(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> float:
     if multilabel:
         return float("nan")
@@ -249,8 +257,7 @@ class Trainer:
             spec.init,
             checkpoints=self.params.paths.checkpoints,
         ).to(self.world.device, self.dtype)
-        if self.autocast is not None and self.params.model.arch.startswith("tsm"):
-            model = model.to(memory_format=torch.channels_last)  # 2D convs: NHWC is faster
+        model = for_precision(model, self.params.model.arch, self.autocast)
         if self.world.distributed and self.params.compute.sync_bn:
             model = distributed.sync_batchnorm(model, self.world.device)
         optimizer = make_optimizer(model, self.params, fresh_head=spec.init == "imagenet")

@@ -199,12 +199,13 @@ def probe_all(paths: Sequence[Path], workers: int = 0) -> int:
     """Probe every video of `paths` not probed yet into this process's memo, in `workers`
     processes (0: here); returns how many are memoised. Files that cannot be probed are left
     out: `probe` raises for them when they are read, so their reader reports them."""
-    todo = [p for p in map(Path, paths) if _memo_key(p) not in _PROBES]
+    keys = {p: _memo_key(p) for p in map(Path, paths)}  # one stat a file
+    todo = [p for p, key in keys.items() if key is not None and key not in _PROBES]
     chunks = [todo[i : i + PROBE_CHUNK] for i in range(0, len(todo), PROBE_CHUNK)]
     processes = workers if workers > 1 and len(chunks) > 1 else 0  # one: here is as fast
     for found in run_parallel(_probe_chunk, chunks, processes):
         _PROBES.update(found)
-    return sum(_memo_key(Path(p)) in _PROBES for p in paths)
+    return sum(key in _PROBES for key in keys.values())
 
 
 def _memo_key(path: Path) -> tuple[str, int, int] | None:
