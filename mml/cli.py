@@ -6,13 +6,16 @@ answers at once.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -518,9 +521,41 @@ def _print_top(row: dict) -> None:
     Console(width=100).print(table)
 
 
-def main() -> None:
-    app(prog_name="mml")
+def main() -> NoReturn:
+    """The `mml` command (the console script and `python -m mml`)."""
+    try:
+        app(prog_name="mml")
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    exit_now(code)
+
+
+def exit_now(code: object) -> NoReturn:
+    """End the process as `sys.exit(code)` would, minus Python's teardown of its modules.
+
+    Everything a normal exit runs still runs, in the same order: non-daemon threads are joined,
+    then the atexit hooks (MLflow's flushes, logging, temporary directories), then the standard
+    streams are flushed. Only the module teardown after them is skipped: with torch, MLflow and
+    pyarrow loaded it takes about 2.5 s, and `dvc repro` starts 40 `mml` processes. Files are
+    already closed by then (every write is atomic, mml.fsio), so there is nothing left for it to do.
+    """
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # what CPython runs at exit (private, present in every 3.x)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
