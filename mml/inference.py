@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mml.config import LoaderConfig
-from mml.data.dataset import make_loader
+from mml.data.dataset import KeptBatches, make_loader
 from mml.progress import progress_bar
 
 
@@ -46,24 +46,19 @@ def predict_dataset(
     show_progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    batches: KeptBatches | None = None,
 ) -> Predictions:
     """Run each model on its modality of every test view; fuse views (logits or probs).
 
     With `world_size` > 1, only process `rank`'s contiguous part of the dataset
-    (`merge_predictions` of every rank's result, in rank order, is the whole).
+    (`merge_predictions` of every rank's result, in rank order, is the whole). `batches`: the
+    dataset's batches kept from an earlier pass (`val_batches`), instead of a new loader.
     """
     multilabel = dataset.multilabel
     for model in models:
         model.eval()
-    batches = make_loader(
-        dataset,
-        loader,
-        shuffle=False,
-        seed=0,
-        batch_size=batch_size,
-        rank=rank,
-        world_size=world_size,
-    )
+    if batches is None:
+        batches = val_batches(dataset, loader, batch_size, rank, world_size, budget=0)
     scores: list[list[np.ndarray]] = [[] for _ in models]
     targets, ids, skipped = [], [], []
     with progress_bar(label, len(batches), show_progress) as advance:
@@ -80,6 +75,25 @@ def predict_dataset(
         Prediction(np.concatenate(s) if s else np.empty((0, 0)), target_array, ids) for s in scores
     ]
     return Predictions(members, skipped)
+
+
+def val_batches(
+    dataset, loader: LoaderConfig, batch_size: int, rank: int, world_size: int, *, budget: int
+) -> KeptBatches:
+    """Process `rank`'s unshuffled batches of `dataset`, kept in memory up to `budget` bytes."""
+
+    def make():
+        return make_loader(
+            dataset,
+            loader,
+            shuffle=False,
+            seed=0,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    return KeptBatches(make, budget)
 
 
 def merge_predictions(parts: Sequence[Predictions]) -> Predictions:

@@ -23,13 +23,17 @@ from mml import artifacts, distributed, fsio, losses, seeds, stage_files, tracki
 from mml.config import Params, StageConfig
 from mml.data.dataset import Batch, VideoClips, load_split, make_loader, stage_caches
 from mml.distributed import World
-from mml.inference import merge_predictions, predict_dataset
+from mml.inference import merge_predictions, predict_dataset, val_batches
 from mml.metrics import summarize
 from mml.models.factory import build_model, model_meta
 from mml.progress import progress_bar
 from mml.stage_setup import check_inits, learning_rate, load_teacher, make_optimizer
 
 log = logging.getLogger(__name__)
+
+# Validation clips a process keeps in memory between validations (mml.data.dataset.KeptBatches):
+# the default's are about 10 MB per modality; a larger set is decoded again each time.
+KEEP_VAL_BYTES = 1 << 30
 
 
 @dataclass
@@ -225,6 +229,14 @@ class Trainer:
         self.val_set = VideoClips(
             self.val_ann, self.params.clip, train=False, modalities=own, caches=caches
         )
+        self.val_batches = val_batches(
+            self.val_set,
+            self.params.loader,
+            self.params.evaluate.batch_size,
+            self.world.rank,
+            self.world.size,
+            budget=KEEP_VAL_BYTES,
+        )
         self.members = [self._member(k) for k in range(len(self.cfg.models))]
         self.joint = JointStep(
             self.cfg,
@@ -326,6 +338,7 @@ class Trainer:
             show_progress=self.show_progress,
             rank=w.rank,
             world_size=w.size,
+            batches=self.val_batches,
         )
         if w.distributed:  # each process predicted its part of the validation set
             results = merge_predictions(distributed.all_gather_objects(w, results))

@@ -172,3 +172,56 @@ def test_the_loader_probes_each_video_once_before_forking_its_workers(tmp_path, 
     for epoch in (1, 2):  # new workers each epoch, forked with the memo: no demuxing
         batch = next(iter(make_loader(ds, loader, shuffle=False, seed=0, epoch=epoch)))
         assert batch.ids == ["v"] and batch.skipped == ["broken"]
+
+
+def test_validation_batches_are_decoded_once_and_replayed(tmp_path, monkeypatch):
+    from mml.config import LoaderConfig
+    from mml.data import dataset
+    from mml.inference import predict_dataset, val_batches
+
+    ann, caches = make_video(tmp_path, frames=12)
+    broken = tmp_path / "videos" / "broken.webm"
+    broken.write_bytes(b"not a video")
+    ann = Annotations(ann.classes, (*ann.records, VideoRecord("broken", broken, (0,))), False)
+    ds = VideoClips(ann, clip_config(2), train=False, views=ViewPlan(1, 1), modalities=("rgb",))
+    loader = LoaderConfig(batch_size=1, workers=0)
+    reads = []
+    real_read = dataset.read_frames
+    monkeypatch.setattr(dataset, "read_frames", lambda *a: reads.append(a) or real_read(*a))
+    model = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.LazyLinear(3))
+    kept = val_batches(ds, loader, 1, 0, 1, budget=1 << 20)
+    first = predict_dataset(
+        [model], ["rgb"], ds, loader, batch_size=1, fuse="logits", show_progress=False, batches=kept
+    )
+    decoded = len(reads)
+    again = predict_dataset(
+        [model], ["rgb"], ds, loader, batch_size=1, fuse="logits", show_progress=False, batches=kept
+    )
+    fresh = predict_dataset(
+        [model], ["rgb"], ds, loader, batch_size=1, fuse="logits", show_progress=False
+    )
+    assert decoded == 1 and len(reads) == decoded + 1  # the replay decoded nothing, fresh did
+    for other in (again, fresh):
+        assert other.skipped == first.skipped == ["broken"]
+        assert other.members[0].ids == first.members[0].ids == ["v"]
+        np.testing.assert_array_equal(other.members[0].scores, first.members[0].scores)
+
+
+def test_batches_over_the_budget_or_from_an_unfinished_pass_are_not_kept():
+    from mml.data.dataset import Batch, KeptBatches
+
+    made = []
+
+    def make():
+        made.append(1)
+        return [Batch({"rgb": torch.zeros(4, 8)}, torch.zeros(4), ["a"], []) for _ in range(3)]
+
+    small = KeptBatches(make, budget=3 * (4 * 8 * 4 + 4 * 4) - 1)  # one byte short of 3 batches
+    for _ in range(3):
+        assert len(list(small)) == 3
+    assert len(made) == 4  # len() once, then every pass decodes again
+    made.clear()
+    kept = KeptBatches(make, budget=1 << 20)
+    next(iter(kept))  # a pass abandoned after one batch
+    assert len(list(kept)) == 3 and len(list(kept)) == 3
+    assert len(made) == 2  # the abandoned pass and the first complete one

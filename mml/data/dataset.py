@@ -283,6 +283,46 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, **common)
 
 
+class KeptBatches:
+    """The batches of a loader whose clips never change (validation: fixed positions, centre
+    crop), decoded on the first complete pass and replayed from memory on every later one, as
+    long as they fit in `budget` bytes; past that, every pass decodes again.
+
+    A training stage validates the same clips every few epochs: at the default's size they are
+    about 10 MB per modality and decoding them is most of a validation's time. At
+    Something-Something v2's they are over 100 GB and are decoded each time, as before.
+    """
+
+    def __init__(self, make: Callable[[], DataLoader], budget: int) -> None:
+        self._make = make
+        self.budget = budget
+        self._kept: list[Batch] | None = None
+        self._length: int | None = None
+
+    def __len__(self) -> int:
+        if self._length is None:
+            self._length = len(self._make())
+        return self._length
+
+    def __iter__(self):
+        if self._kept is not None:
+            yield from self._kept
+            return
+        loader = self._make()
+        self._length = len(loader)
+        kept: list[Batch] | None = []
+        size = 0
+        for batch in loader:
+            if kept is not None:
+                size += sum(x.nbytes for x in batch.inputs.values()) + batch.targets.nbytes
+                if size <= self.budget:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        self._kept = kept  # only a pass that reached the end is kept
+
+
 def check_videos(annotations: Annotations, *, show_progress: bool = True) -> list[tuple[str, str]]:
     """(id, reason) of every video whose frames cannot be counted and decoded."""
 
