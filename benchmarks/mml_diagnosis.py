@@ -7,12 +7,16 @@ Run after the default pipeline (`make run`), from the repository root:
 Each variant is the `mml_rfd` stage (RGB + Flow + Diff, all from `rgb_ce.0`) with one thing
 changed, trained and evaluated as a stage of its own (`diag_<variant>`); its RGB model is
 compared, video by video, with a CE control of the same init, epochs and schedule. Everything
-it writes is under `diagnosis/` (params, checkpoints, metrics, predictions, plots, Optuna
-journal; the pipeline's init checkpoints are linked there), so the pipeline's own outputs and
-`dvc status` are untouched; MLflow runs go to the workspace's store as usual. The table gives
-each paired difference with its 95% bootstrap interval over validation videos (one seed:
-videos only).
-`--tune-trials N` also runs `mml tune` over `stages.kl_weight` for the 6-epoch variant.
+it writes is under `diagnosis/seed-<N>/` (params, checkpoints, metrics, predictions, plots,
+Optuna journal), so the pipeline's own outputs and `dvc status` are untouched; MLflow runs go to
+the workspace's store as usual. The table gives each paired difference with its 95% bootstrap
+interval: over validation videos for one training seed, over seeds and videos for several.
+
+`--train-seeds 0 1 2 3 4`: each variant and control once per training seed (`seed`), on the
+workspace's data. The inits of the workspace's own seed are its checkpoints (linked); for any
+other seed they are trained first (`rgb_ce`, `flow_ce_rgb`, `diff_ce_rgb`: about 2 minutes).
+`--tune-trials N` also runs `mml tune` over `stages.kl_weight` for the 6-epoch variant (first
+seed only).
 """
 
 from __future__ import annotations
@@ -89,18 +93,50 @@ def mml(*args: str, bin_dir: Path = BIN) -> None:
     subprocess.run([str(bin_dir / "mml"), *args], check=True, env=env)  # exits on failure
 
 
-def correct(stage: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, 0/1 top-1 correctness) of model 0 of `stage`, sorted by id."""
-    with np.load(Path("diagnosis/predictions") / stage / "0.npz") as npz:
+INITS = ("rgb_ce", "flow_ce_rgb", "diff_ce_rgb")  # every init a variant uses, in training order
+
+
+def correct(out: Path, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, 0/1 top-1 correctness) of model 0 of `stage` under `out`, sorted by id."""
+    with np.load(out / "predictions" / stage / "0.npz") as npz:
         order = np.argsort(npz["ids"])
         right = npz["scores"].argmax(1) == npz["targets"]
         return npz["ids"][order], right[order].astype(float)
+
+
+def seed_params(params: dict, seed: int, stages: dict, out: Path) -> Path:
+    """diagnosis/seed-<seed>/params.yaml: the workspace's params with this training seed, the
+    variants' stages, and every path under `out`; the inits linked or left to train."""
+    own = copy.deepcopy(params)
+    checkpoints = Path((own.get("paths") or {}).get("checkpoints", "checkpoints"))
+    own["seed"] = seed
+    own["stages"] = {**own["stages"], **copy.deepcopy(stages)}
+    own["paths"] = {key: str(out / key) for key in PATHS}
+    if seed == params["seed"]:  # the workspace's own models are this seed's inits
+        for init in INITS:
+            link = out / "checkpoints" / init
+            if not (checkpoints / init).is_dir():
+                sys.exit(f"{checkpoints / init} is missing: run the pipeline first (`make run`)")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to((checkpoints / init).resolve(), target_is_directory=True)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "params.yaml"
+    path.write_text(yaml.safe_dump(own, sort_keys=False))
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--train-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training seeds (default: the params' own seed)",
+    )
     parser.add_argument("--tune-trials", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument(
@@ -112,43 +148,45 @@ def main() -> None:
     )
     args = parser.parse_args()
     params = yaml.safe_load(Path(args.params).read_text())
+    train_seeds = args.train_seeds or [params["seed"]]
     stages = {f"diag_{v}": copy.deepcopy(VARIANTS[v][1]) for v in args.variants}
     controls = {VARIANTS[v][2] for v in args.variants}
     stages |= {f"diag_{c}": CONTROLS[c] for c in sorted(controls)}
     tuned = {"diag_kl1": copy.deepcopy(VARIANTS["kl1"][1])} if args.tune_trials else {}
-    params["stages"] = {**params["stages"], **tuned, **stages}  # the sweep tunes diag_kl1
-    out = Path("diagnosis")
-    checkpoints = Path((params.get("paths") or {}).get("checkpoints", "checkpoints"))
-    params["paths"] = {key: str(out / key) for key in PATHS}
-    for init in ("rgb_ce", "flow_ce_rgb", "diff_ce_rgb"):  # every init a variant uses
-        link = out / "checkpoints" / init
-        if not (checkpoints / init).is_dir():
-            sys.exit(f"{checkpoints / init} is missing: run the pipeline first (`make run`)")
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to((checkpoints / init).resolve(), target_is_directory=True)
-    diag = out / "params.yaml"
-    diag.write_text(yaml.safe_dump(params, sort_keys=False))
     start = time.time()
-    for stage in stages:
-        mml("train", stage, "-p", str(diag), "-q", "--restart-if-changed", bin_dir=args.bin)
-        mml("evaluate", stage, "-p", str(diag), "-q", bin_dir=args.bin)
+    outs = [Path("diagnosis") / f"seed-{seed}" for seed in train_seeds]
+    for seed, out in zip(train_seeds, outs, strict=True):
+        diag = seed_params(params, seed, {**tuned, **stages}, out)  # the sweep tunes diag_kl1
+        todo = [] if seed == params["seed"] else list(INITS)
+        for stage in todo:
+            mml("train", stage, "-p", str(diag), "-q", "--restart-if-changed", bin_dir=args.bin)
+        for stage in stages:
+            mml("train", stage, "-p", str(diag), "-q", "--restart-if-changed", bin_dir=args.bin)
+            mml("evaluate", stage, "-p", str(diag), "-q", bin_dir=args.bin)
+        print(f"seed {seed} done, {time.time() - start:.0f} s", flush=True)
     rng = np.random.default_rng(args.seed)
     table = [
+        f"training seeds {' '.join(map(str, train_seeds))}; RGB top-1 mean over seeds",
+        "",
         "| variant | RGB top-1 | control | control top-1 | paired diff [95% CI] | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for v in args.variants:
-        ids, a = correct(f"diag_{v}")
         control = f"diag_{VARIANTS[v][2]}"
-        ids_b, b = correct(control)
-        assert (ids == ids_b).all(), "models were evaluated on different videos"
-        ci = paired_bootstrap(a[None], b[None], rng=rng)
+        rows_a, rows_b = [], []
+        for out in outs:
+            ids, a = correct(out, f"diag_{v}")
+            ids_b, b = correct(out, control)
+            assert (ids == ids_b).all(), "models were evaluated on different videos"
+            rows_a.append(a)
+            rows_b.append(b)
+        a, b = np.stack(rows_a), np.stack(rows_b)
+        ci = paired_bootstrap(a, b, rng=rng)
         table.append(
             f"| {VARIANTS[v][0]} | {100 * a.mean():.1f} | `{control}` | {100 * b.mean():.1f} | "
             f"{ci.diff:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] | {verdict(ci)} |"
         )
-    (out / "table.md").write_text("\n".join(table) + "\n")
+    Path("diagnosis/table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     if args.tune_trials:
         space = "{stage.kl_weight: {low: 0.05, high: 4.0, log: true}}"
@@ -156,7 +194,7 @@ def main() -> None:
             "tune",
             "diag_kl1",
             "-p",
-            str(diag),
+            str(outs[0] / "params.yaml"),
             "-q",
             "--trials",
             str(args.tune_trials),
@@ -166,7 +204,7 @@ def main() -> None:
             "tune.epochs=6",
             bin_dir=args.bin,
         )
-        print(Path("diagnosis/tuned/diag_kl1.yaml").read_text())
+        print((outs[0] / "tuned" / "diag_kl1.yaml").read_text())
     print(f"wall time {time.time() - start:.0f} s")
 
 
