@@ -13,7 +13,10 @@ as today's caches do, and stores each video's fields as:
 - png: one PNG per field component (lossless);
 - webp-lossless: one lossless WebP per field component;
 - jpeg-95: one JPEG per field component at quality 95, as TSN/TSM/denseflow store flow (lossy:
-  the max and mean absolute error in quantisation steps are shown).
+  the max and mean absolute error in quantisation steps are shown);
+- mml-jpeg: mml's `cache.format: jpeg` (mml.data.cache): JPEG q95 per component and chunk of 8
+  fields, a chunk stored as PNG where JPEG strays more than 8 steps; read as the loader reads
+  it (open the file, decode the chunks the clip touches).
 
 Reading a clip means T = 8 stacks of 5 consecutive fields at uniform positions; the RGB column
 is decoding that clip's 8 frames with mml's decoder (what a clip of the RGB modality costs).
@@ -35,6 +38,7 @@ import cv2
 import numpy as np
 import ssv2_like
 
+from mml.data.cache import JpegFields, encode_jpeg_fields, write_npz
 from mml.data.flow import compute_flow, quantize_diff, quantize_flow, rgb_diff
 from mml.data.video import num_frames, read_frames
 
@@ -135,6 +139,11 @@ def measure(kind: str, q: np.ndarray, tmp: Path) -> dict[str, tuple[float, float
         error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
         ms = timed(lambda blobs=blobs: decode_images(blobs, wanted, channels))
         rows[name] = (sum(map(len, blobs)), ms, error)
+    path = tmp / f"{kind}-mml.npz"
+    write_npz(path, encode_jpeg_fields(q, quality=95, max_error=8))
+    err = np.abs(JpegFields(path)[np.arange(len(q))].astype(int) - q.astype(int))
+    error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
+    rows["mml-jpeg"] = (path.stat().st_size, timed(lambda: JpegFields(path)[wanted]), error)
     return rows
 
 

@@ -114,6 +114,9 @@ def _build_cache(
         kind,
         algorithm=p.cache.flow_algorithm,
         bound=p.cache.flow_bound,
+        fmt=p.cache.format,
+        quality=p.cache.jpeg_quality,
+        max_error=p.cache.max_error,
         workers=workers,
         show_progress=not quiet,
         shard=part,
@@ -147,7 +150,7 @@ def data_flow(
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
 ) -> None:
-    """Optical-flow cache (TV-L1 or DIS per cache.flow_algorithm), uint8, one .npy per video."""
+    """Optical-flow cache (TV-L1 or DIS per cache.flow_algorithm), uint8, one file per video."""
     _run(lambda: _build_cache("flow", params, overrides, workers, quiet, shard))
 
 
@@ -159,7 +162,7 @@ def data_diff(
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
 ) -> None:
-    """RGB-difference cache (next - previous frame), uint8, one .npy per video."""
+    """RGB-difference cache (next - previous frame), uint8, one file per video."""
     _run(lambda: _build_cache("diff", params, overrides, workers, quiet, shard))
 
 

@@ -141,6 +141,13 @@ class CacheConfig(Section):
     root: Path = Field(Path("data/cache"), description="caches live in <root>/<dataset>/<kind>")
     flow_algorithm: Literal["tvl1", "dis"] = "tvl1"
     flow_bound: float = Field(4.0, gt=0, description="flow clipped to +-bound, then uint8")
+    format: Literal["npy", "jpeg"] = Field(
+        "npy", description="npy: exact; jpeg: about 15x smaller, within max_error steps"
+    )
+    jpeg_quality: int = Field(95, ge=50, le=100, description="format jpeg: JPEG quality")
+    max_error: int = Field(
+        8, ge=0, le=255, description="format jpeg: largest error in uint8 steps (checked)"
+    )
 
 
 class LoaderConfig(Section):

@@ -222,3 +222,76 @@ def test_a_shard_refuses_a_cache_of_other_settings_and_deletes_nothing(videos, t
     with pytest.raises(ConfigError, match="shard 0/2.*other settings.*clear the directory"):
         build_cache(videos, tmp_path, "flow", bound=4.0, show_progress=False, shard=Shard(0, 2))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("kind", ["flow", "diff"])
+@pytest.mark.parametrize("max_error", [0, 4])
+def test_jpeg_cache_is_within_its_stated_error_of_the_exact_cache(
+    videos, tmp_path, kind, max_error
+):
+    exact, jpeg = tmp_path / "npy", tmp_path / "jpeg"
+    build_cache(videos, exact, kind, algorithm="dis", workers=1, show_progress=False)
+    report = build_cache(
+        videos,
+        jpeg,
+        kind,
+        algorithm="dis",
+        fmt="jpeg",
+        quality=90,
+        max_error=max_error,
+        workers=1,
+        show_progress=False,
+    )
+    assert report.built == 3
+    assert sorted(p.name for p in jpeg.glob("v*")) == ["v0.npz", "v1.npz", "v2.npz"]
+    settings = json.loads((jpeg / "settings.json").read_text())
+    assert (settings["format"], settings["max_error"]) == ("jpeg", max_error)
+    for record in videos:
+        want = np.asarray(open_cached(exact, record.id))
+        got = open_cached(jpeg, record.id)  # the format comes from settings.json
+        assert len(got) == len(want)
+        picked = np.array([5, 0, 6, 5])  # unsorted and repeated
+        fields = got[picked]
+        assert fields.shape == (4, *want.shape[1:]) and fields.dtype == np.uint8
+        error = np.abs(fields.astype(int) - want[picked]).max()
+        assert error <= max_error
+        if max_error == 0:  # every chunk stored losslessly
+            np.testing.assert_array_equal(got[np.arange(len(got))], want)
+
+
+def test_jpeg_chunks_and_row_padding_round_trip(tmp_path):
+    from mml.data.cache import CHUNK, JpegFields, encode_jpeg_fields, write_npz
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (2 * CHUNK + 3, 13, 20, 2), dtype=np.uint8)  # 13: not 8k rows
+    members = encode_jpeg_fields(array, quality=95, max_error=0)
+    assert {k for k in members if k != "shape"} == {f"c{c}_{k}" for c in range(3) for k in (0, 1)}
+    path = Path(tmp_path) / "x.npz"
+    write_npz(path, members)
+    fields = JpegFields(path)
+    every = np.arange(len(array))
+    np.testing.assert_array_equal(fields[every[::-1]], array[::-1])
+    with pytest.raises(IndexError):
+        fields[[len(array)]]
+
+
+def test_switching_format_rebuilds_and_a_broken_jpeg_file_is_skipped(videos, tmp_path):
+    from mml.config import ClipConfig
+    from mml.data.annotations import Annotations
+    from mml.data.dataset import VideoClips
+
+    build_cache(videos, tmp_path, "flow", algorithm="dis", show_progress=False)
+    report = build_cache(videos, tmp_path, "flow", algorithm="dis", fmt="jpeg", show_progress=False)
+    assert (report.invalidated, report.built) == (3, 3)
+    assert not list(tmp_path.glob("*.npy"))
+    cache_path(tmp_path, "v1").write_bytes(b"PK\x03\x04 half a zip")  # a damaged file
+    ann = Annotations(("a",), tuple(videos), False)
+    clips = VideoClips(
+        ann,
+        ClipConfig(segments=2, scale_size=32, crop_size=32),
+        train=True,
+        modalities=("flow",),
+        caches={"flow": tmp_path},
+    )
+    assert clips[0]["flow"].shape == (2, 10, 32, 32)
+    assert "broken" in clips[1] and "v1.npz" in clips[1]["broken"]

@@ -1,17 +1,25 @@
-"""Flow and RGB-difference caches: one uint8 ``.npy`` per video, built in parallel, incrementally.
+"""Flow and RGB-difference caches: one uint8 file per video, built in parallel, incrementally.
 
 Layout of a cache directory::
 
-    settings.json      what the files hold (kind, flow algorithm and bound, format version)
-    <video id>.npy     flow: (F-1, H, W, 2) uint8, see mml.data.flow.quantize_flow
-                       diff: (F-1, H, W, 3) uint8, see mml.data.flow.quantize_diff
+    settings.json      what the files hold (kind, flow algorithm and bound, file format, version)
+    <video id>.npy     format npy: flow (F-1, H, W, 2) uint8 (mml.data.flow.quantize_flow),
+                       diff (F-1, H, W, 3) uint8 (mml.data.flow.quantize_diff)
+    <video id>.npz     format jpeg: the same array as greyscale JPEG images, one per
+                       component (flow x, y; diff R, G, B) and chunk of CHUNK fields stacked
+                       top to bottom (each field padded to a multiple of 8 rows, so no JPEG
+                       block spans two fields); members ``c<chunk>_<component>`` (encoded
+                       bytes) and ``shape``. A chunk whose decoded values stray more than
+                       ``max_error`` steps from the exact ones is stored as PNG instead
+                       (lossless), so the bound holds for every value, by construction.
 
 Files are at the video's own resolution and written atomically (mml.fsio), so a killed build
 leaves only complete ``.npy`` files (and hidden temp files, removed by the next build); a
 re-run builds what is missing. If ``settings.json`` differs from the requested settings, every
 ``.npy`` in the directory is stale and is deleted first. One build per directory at a time,
 except shards of one build.
-Readers open files with :func:`open_cached` (memory-mapped: a clip reads only its frames).
+Readers open files with :func:`open_cached` (npy memory-mapped, jpeg decoded chunk by chunk:
+either way a clip reads only the fields it needs, and the format comes from settings.json).
 
 Sharded builds (`Shard`, `mml data flow --shard K/N`): shard K of N builds the videos whose id
 hashes to K (SHA-256 of the id, mod N): a deterministic, disjoint slice that does not move when
@@ -28,6 +36,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +54,14 @@ from mml.progress import progress_bar
 from mml.workers import run_parallel
 
 CacheKind = Literal["flow", "diff"]
+CacheFormat = Literal["npy", "jpeg"]
+SUFFIX = {"npy": ".npy", "jpeg": ".npz"}
+CHUNK = 8  # fields per JPEG image: a clip decodes only the chunks it touches
 # the config's defaults (one set of defaults: params.yaml = mml.config = these)
 DEFAULT_ALGORITHM: str = CacheConfig.model_fields["flow_algorithm"].default
 DEFAULT_BOUND: float = CacheConfig.model_fields["flow_bound"].default
+DEFAULT_QUALITY: int = CacheConfig.model_fields["jpeg_quality"].default
+DEFAULT_MAX_ERROR: int = CacheConfig.model_fields["max_error"].default
 # Bump when the bytes written for the same settings change; old caches are then rebuilt.
 FORMAT_VERSION = 1
 SETTINGS_FILE = "settings.json"
@@ -89,22 +103,134 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def cache_path(cache_dir: Path, video_id: str) -> Path:
-    """The cache file of one video."""
-    return Path(cache_dir) / f"{video_id}.npy"
+def cache_path(cache_dir: Path, video_id: str, fmt: str | None = None) -> Path:
+    """The cache file of one video (`fmt`: the directory's own format, from settings.json)."""
+    fmt = fmt or file_format(cache_dir)
+    return Path(cache_dir) / f"{video_id}{SUFFIX[fmt]}"
 
 
-def open_cached(cache_dir: Path, video_id: str) -> np.ndarray:
-    """The cached array of one video, memory-mapped read-only (index it to read frames)."""
-    return np.load(cache_path(cache_dir, video_id), mmap_mode="r")
+def file_format(cache_dir: Path) -> str:
+    """The file format of a cache directory: settings.json's ``format``, npy when absent."""
+    try:
+        settings = json.loads((Path(cache_dir) / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "npy"
+    fmt = settings.get("format", "npy") if isinstance(settings, dict) else "npy"
+    if fmt not in SUFFIX:
+        raise ValueError(f"{cache_dir}/{SETTINGS_FILE}: unknown cache format {fmt!r}")
+    return fmt
+
+
+def open_cached(cache_dir: Path, video_id: str, fmt: str | None = None):
+    """The cached fields of one video: ``len()`` of them, and ``fields[indices]`` as
+    (len(indices), H, W, C) uint8. npy: memory-mapped; jpeg: :class:`JpegFields`."""
+    fmt = fmt or file_format(cache_dir)
+    path = cache_path(cache_dir, video_id, fmt)
+    if fmt == "npy":
+        return np.load(path, mmap_mode="r")
+    return JpegFields(path)
+
+
+class CacheFileError(ValueError):
+    """A cache file that is not what its directory's settings say (truncated, corrupt)."""
+
+
+class JpegFields:
+    """The fields of one ``.npz`` JPEG cache file; chunks are decoded when first indexed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._npz = np.load(self.path, allow_pickle=False)  # reads the zip directory only
+            shape = self._npz["shape"]
+        except (zipfile.BadZipFile, KeyError, EOFError) as err:
+            raise CacheFileError(f"{self.path}: not a jpeg cache file ({err})") from None
+        if shape.shape != (4,):
+            raise CacheFileError(f"{self.path}: not a jpeg cache file (shape {shape.tolist()})")
+        self.shape = tuple(int(v) for v in shape)
+        self._chunks: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        count = self.shape[0]
+        if indices.ndim != 1 or (
+            indices.size and not (0 <= indices.min() <= indices.max() < count)
+        ):
+            raise IndexError(f"{self.path}: field indices out of range 0..{count - 1}")
+        out = np.empty((len(indices), *self.shape[1:]), np.uint8)
+        for i, index in enumerate(indices.tolist()):
+            out[i] = self._chunk(index // CHUNK)[index % CHUNK]
+        return out
+
+    def _chunk(self, c: int) -> np.ndarray:
+        """Chunk `c` as (fields, H, W, C) uint8."""
+        if c not in self._chunks:
+            count, height, width, channels = self.shape
+            fields = min(CHUNK, count - c * CHUNK)
+            padded = _padded(height)
+            chunk = np.empty((fields, height, width, channels), np.uint8)
+            for k in range(channels):
+                try:
+                    data = self._npz[f"c{c}_{k}"]
+                except (zipfile.BadZipFile, KeyError, EOFError, ValueError) as err:
+                    raise CacheFileError(f"{self.path}: chunk {c}: {err}") from None
+                image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+                if image is None or image.shape != (fields * padded, width):
+                    raise CacheFileError(f"{self.path}: chunk {c} component {k} does not decode")
+                chunk[..., k] = image.reshape(fields, padded, width)[:, :height]
+            self._chunks[c] = chunk
+        return self._chunks[c]
+
+
+def _padded(height: int) -> int:
+    return -(-height // 8) * 8
+
+
+def encode_jpeg_fields(array: np.ndarray, quality: int, max_error: int) -> dict[str, np.ndarray]:
+    """(F, H, W, C) uint8 -> the members of a jpeg cache file (see the module doc). A chunk
+    and component whose JPEG strays more than `max_error` from `array` is stored as PNG."""
+    count, height, width, channels = array.shape
+    padded = _padded(height)
+    members = {"shape": np.asarray(array.shape, np.int64)}
+    for c in range(-(-count // CHUNK)):
+        part = array[c * CHUNK : (c + 1) * CHUNK]
+        if padded != height:  # repeat the last row: no JPEG block spans two fields
+            part = np.pad(part, ((0, 0), (0, padded - height), (0, 0), (0, 0)), mode="edge")
+        for k in range(channels):
+            image = np.ascontiguousarray(part[..., k].reshape(-1, width))
+            ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            back = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if ok else None
+            if back is None or np.abs(back.astype(np.int16) - image).max() > max_error:
+                ok, data = cv2.imencode(".png", image)
+            if not ok:
+                raise RuntimeError("OpenCV could not encode a cache image")
+            members[f"c{c}_{k}"] = data.reshape(-1)
+    return members
 
 
 def cache_settings(
-    kind: CacheKind, algorithm: str = DEFAULT_ALGORITHM, bound: float = DEFAULT_BOUND
+    kind: CacheKind,
+    algorithm: str = DEFAULT_ALGORITHM,
+    bound: float = DEFAULT_BOUND,
+    fmt: str = "npy",
+    quality: int = DEFAULT_QUALITY,
+    max_error: int = DEFAULT_MAX_ERROR,
 ) -> dict[str, Any]:
-    """The settings that determine a cache's bytes (flow options do not apply to diff)."""
+    """The settings that determine a cache's bytes (flow options do not apply to diff; JPEG
+    options only to format jpeg, whose settings alone name the format: an npy cache's
+    settings.json is as it always was)."""
+    if fmt not in SUFFIX:
+        raise ValueError(f"unknown cache format {fmt!r}; choose one of {list(SUFFIX)}")
+    jpeg = (
+        {"format": "jpeg", "jpeg_quality": int(quality), "max_error": int(max_error)}
+        if fmt == "jpeg"
+        else {}
+    )
     if kind == "diff":
-        return {"format_version": FORMAT_VERSION, "kind": "diff"}
+        return {"format_version": FORMAT_VERSION, "kind": "diff", **jpeg}
     if kind != "flow":
         raise ValueError(f"unknown cache kind {kind!r}; choose 'flow' or 'diff'")
     if algorithm not in ALGORITHMS:
@@ -116,6 +242,7 @@ def cache_settings(
         "kind": "flow",
         "algorithm": algorithm,
         "bound": float(bound),
+        **jpeg,
     }
 
 
@@ -126,6 +253,9 @@ def build_cache(
     *,
     algorithm: str = DEFAULT_ALGORITHM,
     bound: float = DEFAULT_BOUND,
+    fmt: str = "npy",
+    quality: int = DEFAULT_QUALITY,
+    max_error: int = DEFAULT_MAX_ERROR,
     workers: int | None = None,
     show_progress: bool = True,
     shard: Shard | None = None,
@@ -138,16 +268,17 @@ def build_cache(
     """
     start = time.perf_counter()
     cache_dir = Path(cache_dir)
-    settings = cache_settings(kind, algorithm, bound)
+    settings = cache_settings(kind, algorithm, bound, fmt, quality, max_error)
     _check_unique_ids(records)
     if shard is None:
         report = CacheReport(invalidated=_prepare_dir(cache_dir, settings))
     else:
         records = [r for r in records if shard.holds(r.id)]
-        _join_dir(cache_dir, settings, shard, [cache_path(cache_dir, r.id).name for r in records])
+        names = [cache_path(cache_dir, r.id, fmt).name for r in records]
+        _join_dir(cache_dir, settings, shard, names)
         report = CacheReport()
 
-    todo = [r for r in records if not cache_path(cache_dir, r.id).is_file()]
+    todo = [r for r in records if not cache_path(cache_dir, r.id, fmt).is_file()]
     report.skipped_existing = len(records) - len(todo)
     if todo:
         _build_all(todo, cache_dir, settings, workers or os.cpu_count() or 1, show_progress, report)
@@ -165,7 +296,7 @@ def _check_unique_ids(records: Sequence[VideoRecord]) -> None:
 
 
 def _prepare_dir(cache_dir: Path, settings: dict[str, Any]) -> int:
-    """Remove stale files, write settings.json; return how many .npy files were invalidated."""
+    """Remove stale files, write settings.json; return how many cache files were invalidated."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_temp_files(cache_dir)  # of a killed build
     settings_path = cache_dir / SETTINGS_FILE
@@ -175,7 +306,7 @@ def _prepare_dir(cache_dir: Path, settings: dict[str, Any]) -> int:
         existing = None
     invalidated = 0
     if existing != settings:
-        for stale in cache_dir.glob("*.npy"):
+        for stale in _cache_files(cache_dir):
             stale.unlink()
             invalidated += 1
         atomic_write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
@@ -193,7 +324,7 @@ def _join_dir(cache_dir: Path, settings: dict[str, Any], shard: Shard, names: li
         existing = None
     except (OSError, ValueError) as err:
         raise ConfigError(f"{settings_path}: unreadable ({err})") from None
-    if existing is None and any(cache_dir.glob("*.npy")):
+    if existing is None and any(_cache_files(cache_dir)):
         existing = "files without settings.json"
     if existing is not None and existing != settings:
         raise ConfigError(
@@ -206,6 +337,11 @@ def _join_dir(cache_dir: Path, settings: dict[str, Any], shard: Shard, names: li
     remove_temp_files(cache_dir, names)
 
 
+def _cache_files(cache_dir: Path) -> list[Path]:
+    """Every video's cache file in the directory, whatever its format."""
+    return [path for suffix in SUFFIX.values() for path in cache_dir.glob(f"*{suffix}")]
+
+
 def _build_all(
     todo: list[VideoRecord],
     cache_dir: Path,
@@ -214,9 +350,13 @@ def _build_all(
     show_progress: bool,
     report: CacheReport,
 ) -> None:
-    kind = settings["kind"]
+    kind, fmt = settings["kind"], settings.get("format", "npy")
     algorithm, bound = settings.get("algorithm", ""), settings.get("bound", 0.0)
-    tasks = [(str(r.path), str(cache_path(cache_dir, r.id)), kind, algorithm, bound) for r in todo]
+    jpeg = (settings.get("jpeg_quality", 0), settings.get("max_error", 0))
+    tasks = [
+        (str(r.path), str(cache_path(cache_dir, r.id, fmt)), kind, algorithm, bound, fmt, *jpeg)
+        for r in todo
+    ]
     with progress_bar(f"{kind} cache", len(todo), show_progress) as advance:
         # always worker processes (even one): OpenCV runs one thread there, see _one_thread
         errors = run_parallel(
@@ -238,9 +378,9 @@ def _one_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def _build_one(task: tuple[str, str, str, str, float]) -> str | None:
+def _build_one(task: tuple[str, str, str, str, float, str, int, int]) -> str | None:
     """Compute and save one video's cache; return why it failed, or None."""
-    video, out, kind, algorithm, bound = task
+    video, out, kind, algorithm, bound, fmt, quality, max_error = task
     try:
         count = num_frames(Path(video))
         if count < 2:
@@ -252,7 +392,11 @@ def _build_one(task: tuple[str, str, str, str, float]) -> str | None:
         array = quantize_flow(compute_flow(frames, algorithm), bound)
     else:
         array = quantize_diff(rgb_diff(frames))
-    atomic_write(Path(out), lambda tmp: _save_npy(tmp, array))
+    if fmt == "jpeg":
+        members = encode_jpeg_fields(array, quality, max_error)
+        atomic_write(Path(out), lambda tmp: write_npz(tmp, members))
+    else:
+        atomic_write(Path(out), lambda tmp: _save_npy(tmp, array))
     return None
 
 
@@ -260,3 +404,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     # Through a file handle: np.save(path) would append ".npy" to the temp file's name.
     with open(path, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+def write_npz(path: Path, members: dict[str, np.ndarray]) -> None:
+    """A jpeg cache file of `encode_jpeg_fields` members; stored, not deflated (JPEG and PNG
+    bytes do not compress further)."""
+    with open(path, "wb") as f:
+        np.savez(f, **members)

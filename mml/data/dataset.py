@@ -22,7 +22,7 @@ from mml import seeds
 from mml.config import ClipConfig, DatasetConfig, LoaderConfig
 from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
-from mml.data.cache import cache_path, open_cached
+from mml.data.cache import cache_path, file_format, open_cached
 from mml.data.sharding import ShardedBatches, shard_indices
 from mml.data.video import VideoDecodeError, num_frames, probe_all, read_frames
 from mml.progress import progress_bar
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 RGB_MEAN_STD = (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 FLOW_MEAN_STD = ((0.5,), (0.226,))  # the authors' constants, on [0, 1]
-CACHED = ("flow", "diff")  # modalities read from per-video .npy caches (mml/data/cache.py)
+CACHED = ("flow", "diff")  # modalities read from per-video caches (mml/data/cache.py)
 
 
 def cache_dir(root: Path, dataset: str, kind: str) -> Path:
@@ -97,6 +97,7 @@ class VideoClips(Dataset):
         self.modalities = tuple(modalities)
         self.epoch = 0
         self._probed = False
+        self._formats: dict[str, str] = {}  # cache file format per modality (its settings.json)
 
     def probe_videos(self, workers: int = 0) -> None:
         """Read every video's frame count once, into this process's memo (`video.probe_all`,
@@ -146,13 +147,20 @@ class VideoClips(Dataset):
             indices = sampling.frame_indices(plan, "rgb", count)
             frames = read_frames(record.path, indices.reshape(-1))
             return frames.reshape(*plan.shape, *frames.shape[1:])
-        path = cache_path(self.caches[modality], record.id)
+        cache = self.caches[modality]
+        if modality not in self._formats:
+            try:
+                self._formats[modality] = file_format(cache)
+            except ValueError as err:
+                raise CacheError(f"{modality} cache {cache}: {err}") from None
+        fmt = self._formats[modality]
+        path = cache_path(cache, record.id, fmt)
         try:
-            fields = open_cached(self.caches[modality], record.id)  # (F-1, H, W, 2|3) uint8
-        except (OSError, ValueError) as err:
+            fields = open_cached(cache, record.id, fmt)  # (F-1, H, W, 2|3) uint8
+            return stack_fields(lambda i: np.asarray(fields[i]), len(fields), plan, modality)
+        except (OSError, ValueError) as err:  # missing, truncated, or not decoding (CacheFileError)
             hint = f"run `mml data {modality}`"
             raise CacheError(f"{modality} cache {path}: {err} ({hint})") from None
-        return stack_fields(lambda i: np.asarray(fields[i]), len(fields), plan, modality)
 
     def _crop(self, h: int, w: int, rng: np.random.Generator) -> transforms.Crop:
         c = self.clip
