@@ -14,10 +14,10 @@ Layout of a cache directory::
                        (lossless), so the bound holds for every value, by construction.
 
 Files are at the video's own resolution and written atomically (mml.fsio), so a killed build
-leaves only complete ``.npy`` files (and hidden temp files, removed by the next build); a
-re-run builds what is missing. If ``settings.json`` differs from the requested settings, every
-``.npy`` in the directory is stale and is deleted first. One build per directory at a time,
-except shards of one build.
+leaves only complete cache files (and hidden temp files, removed by the next build); a re-run
+builds what is missing. If ``settings.json`` differs from the requested settings (the format
+included), every cache file in the directory is stale and is deleted first. One build per
+directory at a time, except shards of one build.
 Readers open files with :func:`open_cached` (npy memory-mapped, jpeg decoded chunk by chunk:
 either way a clip reads only the fields it needs, and the format comes from settings.json).
 
@@ -103,13 +103,13 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def cache_path(cache_dir: Path, video_id: str, fmt: str | None = None) -> Path:
+def cache_path(cache_dir: Path, video_id: str, fmt: CacheFormat | None = None) -> Path:
     """The cache file of one video (`fmt`: the directory's own format, from settings.json)."""
     fmt = fmt or file_format(cache_dir)
     return Path(cache_dir) / f"{video_id}{SUFFIX[fmt]}"
 
 
-def file_format(cache_dir: Path) -> str:
+def file_format(cache_dir: Path) -> CacheFormat:
     """The file format of a cache directory: settings.json's ``format``, npy when absent."""
     try:
         settings = json.loads((Path(cache_dir) / SETTINGS_FILE).read_text(encoding="utf-8"))
@@ -121,7 +121,7 @@ def file_format(cache_dir: Path) -> str:
     return fmt
 
 
-def open_cached(cache_dir: Path, video_id: str, fmt: str | None = None):
+def open_cached(cache_dir: Path, video_id: str, fmt: CacheFormat | None = None):
     """The cached fields of one video: ``len()`` of them, and ``fields[indices]`` as
     (len(indices), H, W, C) uint8. npy: memory-mapped; jpeg: :class:`JpegFields`."""
     fmt = fmt or file_format(cache_dir)
@@ -215,7 +215,7 @@ def cache_settings(
     kind: CacheKind,
     algorithm: str = DEFAULT_ALGORITHM,
     bound: float = DEFAULT_BOUND,
-    fmt: str = "npy",
+    fmt: CacheFormat = "npy",
     quality: int = DEFAULT_QUALITY,
     max_error: int = DEFAULT_MAX_ERROR,
 ) -> dict[str, Any]:
@@ -253,7 +253,7 @@ def build_cache(
     *,
     algorithm: str = DEFAULT_ALGORITHM,
     bound: float = DEFAULT_BOUND,
-    fmt: str = "npy",
+    fmt: CacheFormat = "npy",
     quality: int = DEFAULT_QUALITY,
     max_error: int = DEFAULT_MAX_ERROR,
     workers: int | None = None,
