@@ -460,25 +460,11 @@ def predict(
     """Top classes of each VIDEO; a file that cannot be decoded is reported (exit code 1)."""
 
     def action() -> int:
-        from mml import tracking
-        from mml.config import ConfigError
         from mml.registry import load_for_predict
 
         if quiet:  # MLflow's progress bars while it downloads the model
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-
-        if params == Path("params.yaml") and not params.exists() and not overrides:
-            # outside a project: the model package carries every inference setting; no params
-            # defaults name the model or the store ($MLFLOW_TRACKING_URI, else ./mlruns)
-            if model is None:
-                raise ConfigError(
-                    "no params.yaml here, so no project champion to default to: pass --model, "
-                    "e.g. --model models:/mml-synthetic-rgb@champion, or --params PATH."
-                )
-            uri, store = model, tracking.store_uri(None)
-        else:
-            p = _params(params, overrides)
-            uri, store = model or tracking.champion_uri(p), tracking.tracking_uri(p)
+        uri, store = _model_and_store(model, params, overrides)
         loaded = load_for_predict(uri, store)
         import pandas as pd
 
@@ -509,6 +495,64 @@ def predict(
     code = _run(action)
     if code:
         raise typer.Exit(code)
+
+
+def _model_and_store(model: str | None, params: Path, overrides: list[str] | None):
+    """(model URI, tracking store) for `predict` and `serve`: in a project its champion and
+    store; outside one (no params.yaml) `--model` is needed: the model package carries every
+    inference setting, and the store is $MLFLOW_TRACKING_URI, else ./mlruns."""
+    from mml import tracking
+    from mml.config import ConfigError
+
+    if params == Path("params.yaml") and not params.exists() and not overrides:
+        if model is None:
+            raise ConfigError(
+                "no params.yaml here, so no project champion to default to: pass --model, "
+                "e.g. --model models:/mml-synthetic-rgb@champion, or --params PATH."
+            )
+        return model, tracking.store_uri(None)
+    p = _params(params, overrides)
+    return model or tracking.champion_uri(p), tracking.tracking_uri(p)
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow model URI (default in a project: models:/mml-<dataset>-rgb@champion)"
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 5000,
+    workers: Annotated[int, typer.Option(help="server worker processes", min=1)] = 1,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Serve a registered model over HTTP: `mlflow models serve` with this environment.
+
+    MLflow starts its HTTP server (uvicorn) from PATH; this command puts the Python
+    environment mml runs in first on it, so the server starts without activating anything.
+    Requests: POST /invocations, as `mlflow models serve` documents.
+    """
+
+    def action() -> NoReturn:
+        uri, store = _model_and_store(model, params, overrides)
+        bin_dir = Path(sys.executable).parent
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "MLFLOW_TRACKING_URI": store,
+        }
+        command = [
+            str(bin_dir / "mlflow"),
+            *("models", "serve", "-m", uri, "--env-manager", "local"),
+            *("-h", host, "-p", str(port), "-w", str(workers)),
+        ]
+        sys.stdout.flush()
+        os.execve(command[0], command, env)  # the server is this process from here on
+
+    _run(action)
 
 
 def _print_top(row: dict) -> None:

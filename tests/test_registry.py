@@ -256,25 +256,17 @@ def test_live_inputs_are_the_evaluation_inputs(promoted):
                 assert (got - expected).abs().max().item() < 2.5 * (1 / 255) / 0.226
 
 
-def test_mlflow_models_serve_answers_a_scoring_request(promoted, odd_videos):
+def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, odd_videos):
+    """The README's command, `.venv/bin/mml serve`, with a PATH that does not hold the venv
+    (as in a fresh shell): `mlflow models serve` would fail to find uvicorn there."""
     source, videos, broken = odd_videos
     port = free_port()
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    bin_dir = Path(sys.executable).parent
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != bin_dir)
+    env = {**os.environ, "PATH": path}
     server = subprocess.Popen(
-        [
-            str(Path(bin_dir) / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/mml-tiny-rgb@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+        [str(bin_dir / "mml"), "serve", "--model", "models:/mml-tiny-rgb@champion"]
+        + ["--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
