@@ -466,6 +466,7 @@ def predict(
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         uri, store = _model_and_store(model, params, overrides)
         loaded = load_for_predict(uri, store)
+        loaded.unwrap_python_model().read_any_path()  # the user names the files
         import pandas as pd
 
         table = loaded.predict(

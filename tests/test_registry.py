@@ -90,10 +90,11 @@ def test_promote_registers_both_champions_with_their_provenance(promoted):
     assert summary["rgb"]["version"] == "1" and summary["ensemble"]["champion_after"] == "1"
 
 
-def test_registered_models_reproduce_the_evaluation(promoted):
+def test_registered_models_reproduce_the_evaluation(promoted, monkeypatch):
     """models:/...@champion gives the probabilities `mml evaluate` saved (same views)."""
     saved = np.load(promoted / "predictions/rgb_ce/0.npz")
     videos = load_split(load_params("params.yaml").dataset, "val").records[:3]
+    monkeypatch.setenv("MML_SERVE_ROOTS", str(videos[0].path.parent))  # read at load
     model = mlflow.pyfunc.load_model("models:/mml-tiny-rgb@champion")
     out = model.predict(pd.DataFrame({"video": [str(r.path) for r in videos]}), params={"top_k": 4})
     for record, row in zip(videos, out.to_dict(orient="records"), strict=True):
@@ -263,7 +264,24 @@ def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, 
     port = free_port()
     bin_dir = Path(sys.executable).parent
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != bin_dir)
-    env = {**os.environ, "PATH": path}
+    # the videos' directories and /dev are allowed; paths elsewhere, and non-files, are not
+    roots = os.pathsep.join([str(source.parent), str(broken[1].parent), "/dev"])
+    env = {**os.environ, "PATH": path, "MML_SERVE_ROOTS": roots}
+    fifo = broken[1].parent / "fifo.webm"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    link = broken[1].parent / "passwd.webm"
+    if not link.exists():
+        link.symlink_to("/etc/passwd")
+    refused = [
+        "/etc/passwd",
+        f"{source.parent}/../../../../../../etc/passwd",
+        str(link),
+        str(fifo),
+        "/dev/zero",
+        str(source.parent),
+        "/no/such/dir/video.webm",
+    ]
     server = subprocess.Popen(
         [str(bin_dir / "mml"), "serve", "--model", "models:/mml-tiny-rgb@champion"]
         + ["--port", str(port)],
@@ -274,10 +292,8 @@ def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, 
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server)
-        body = {
-            "dataframe_records": [{"video": str(source)}, {"video": str(broken[1])}],
-            "params": {"top_k": 2},
-        }
+        videos = [str(source), str(broken[1]), *refused]
+        body = {"dataframe_records": [{"video": v} for v in videos], "params": {"top_k": 2}}
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps(body).encode(),
@@ -288,7 +304,8 @@ def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, 
     finally:
         server.terminate()
         server.wait(timeout=30)
-    good, bad = predictions
+    good, bad, *rest = predictions
     assert good["error"] == "" and len(good["top_labels"]) == 2 and good["score"] > 0
     assert good["label"] == good["top_labels"][0]
     assert bad["label"] == "" and "cannot decode" in bad["error"]
+    assert [row["error"] for row in rest] == ["path not allowed"] * len(refused)
