@@ -32,6 +32,8 @@ from mml.predictor import VideoPredictor, time_predictions, write_package
 from mml.tracking import VersionTag
 
 log = logging.getLogger(__name__)
+# The pyfunc MLflow stores with every registered version ("models from code")
+SERVING_CODE = Path(__file__).with_name("serving.py")
 
 
 @dataclass
@@ -167,10 +169,12 @@ def _decide(client, params, settings, kind, members, metric, metrics, *, force: 
 
 
 def fingerprint(params: Params, members: list[str], settings: dict) -> str:
-    """Hash of the members' checkpoints and the inference `settings` of a package."""
+    """Hash of the members' checkpoints, the inference `settings` of a package and the
+    pyfunc's code (mml/serving.py is stored with each version: new code is a new version)."""
 
     digest = hashlib.sha256()
     digest.update(json.dumps(_inference_settings(settings), sort_keys=True).encode())
+    digest.update(file_hash(SERVING_CODE).encode())
     for ref in members:
         path = artifacts.checkpoint_path(params.paths.checkpoints, ref)
         if not path.is_file():
@@ -239,7 +243,7 @@ def _register(
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name=d.kind,
-                python_model=str(Path(__file__).with_name("serving.py")),
+                python_model=str(SERVING_CODE),
                 artifacts={"package": str(package)},
                 code_paths=[str(Path(__file__).parent)],
                 signature=_signature(),
