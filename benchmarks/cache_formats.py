@@ -15,7 +15,8 @@ as today's caches do, and stores each video's fields as:
 - jpeg-95: one JPEG per field component at quality 95, as TSN/TSM/denseflow store flow (lossy:
   the max and mean absolute error in quantisation steps are shown);
 - mml-jpeg: mml's `cache.format: jpeg` (mml.data.cache): JPEG q95 per component and chunk of 8
-  fields, a chunk stored as PNG where JPEG strays more than 8 steps; read as the loader reads
+  fields, a chunk stored at q100 (else PNG) where JPEG strays more than `--max-error` steps
+  (default: the config's); read as the loader reads
   it (open the file, decode the chunks the clip touches).
 
 Reading a clip means T = 8 stacks of 5 consecutive fields at uniform positions; the RGB column
@@ -38,7 +39,7 @@ import cv2
 import numpy as np
 import ssv2_like
 
-from mml.data.cache import JpegFields, encode_jpeg_fields, write_npz
+from mml.data.cache import DEFAULT_MAX_ERROR, JpegFields, encode_jpeg_fields, write_npz
 from mml.data.flow import compute_flow, quantize_diff, quantize_flow, rgb_diff
 from mml.data.video import num_frames, read_frames
 
@@ -106,7 +107,9 @@ def timed(read, repeats: int = 5) -> float:
     return (time.perf_counter() - start) / repeats * 1000
 
 
-def measure(kind: str, q: np.ndarray, tmp: Path) -> dict[str, tuple[float, float, str]]:
+def measure(
+    kind: str, q: np.ndarray, tmp: Path, max_error: int
+) -> dict[str, tuple[float, float, str]]:
     """{format: (bytes, ms per clip, error)} for one video's quantised fields `q`."""
     wanted, channels, rows = clip_fields(len(q)), q.shape[-1], {}
     npy = tmp / f"{kind}.npy"
@@ -140,7 +143,7 @@ def measure(kind: str, q: np.ndarray, tmp: Path) -> dict[str, tuple[float, float
         ms = timed(lambda blobs=blobs: decode_images(blobs, wanted, channels))
         rows[name] = (sum(map(len, blobs)), ms, error)
     path = tmp / f"{kind}-mml.npz"
-    write_npz(path, encode_jpeg_fields(q, quality=95, max_error=8))
+    write_npz(path, encode_jpeg_fields(q, quality=95, max_error=max_error))
     err = np.abs(JpegFields(path)[np.arange(len(q))].astype(int) - q.astype(int))
     error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
     rows["mml-jpeg"] = (path.stat().st_size, timed(lambda: JpegFields(path)[wanted]), error)
@@ -151,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=2)
     parser.add_argument("--algorithm", default="dis", choices=["tvl1", "dis"])
+    parser.add_argument("--max-error", type=int, default=DEFAULT_MAX_ERROR, help="mml-jpeg")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     totals: dict[tuple[str, str], list] = {}
@@ -166,7 +170,7 @@ def main() -> None:
                 ("flow", quantize_flow(compute_flow(frames, args.algorithm), 4.0)),
                 ("diff", quantize_diff(rgb_diff(frames))),
             ):
-                for fmt, row in measure(kind, q, root).items():
+                for fmt, row in measure(kind, q, root, args.max_error).items():
                     totals.setdefault((kind, fmt), []).append(row)
     print(f"\n426x240, 45 frames, {args.videos} videos, {args.algorithm} flow (bound 4 px)")
     print(f"RGB: decoding one clip's {T} frames: {np.mean(rgb_ms):.1f} ms\n")

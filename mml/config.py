@@ -146,7 +146,7 @@ class CacheConfig(Section):
     )
     jpeg_quality: int = Field(95, ge=50, le=100, description="format jpeg: JPEG quality")
     max_error: int = Field(
-        8, ge=0, le=255, description="format jpeg: largest error in uint8 steps (checked)"
+        12, ge=0, le=255, description="format jpeg: largest error in uint8 steps (checked)"
     )
 
 

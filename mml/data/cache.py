@@ -10,8 +10,9 @@ Layout of a cache directory::
                        top to bottom (each field padded to a multiple of 8 rows, so no JPEG
                        block spans two fields); members ``c<chunk>_<component>`` (encoded
                        bytes) and ``shape``. A chunk whose decoded values stray more than
-                       ``max_error`` steps from the exact ones is stored as PNG instead
-                       (lossless), so the bound holds for every value, by construction.
+                       ``max_error`` steps from the exact ones is stored at quality 100,
+                       else as PNG (lossless): the bound holds for every value, by
+                       construction.
 
 Files are at the video's own resolution and written atomically (mml.fsio), so a killed build
 leaves only complete cache files (and hidden temp files, removed by the next build); a re-run
@@ -191,7 +192,8 @@ def _padded(height: int) -> int:
 
 def encode_jpeg_fields(array: np.ndarray, quality: int, max_error: int) -> dict[str, np.ndarray]:
     """(F, H, W, C) uint8 -> the members of a jpeg cache file (see the module doc). A chunk
-    and component whose JPEG strays more than `max_error` from `array` is stored as PNG."""
+    and component whose JPEG strays more than `max_error` from `array` is stored at quality
+    100, or as PNG if that strays too."""
     count, height, width, channels = array.shape
     padded = _padded(height)
     members = {"shape": np.asarray(array.shape, np.int64)}
@@ -201,14 +203,21 @@ def encode_jpeg_fields(array: np.ndarray, quality: int, max_error: int) -> dict[
             part = np.pad(part, ((0, 0), (0, padded - height), (0, 0), (0, 0)), mode="edge")
         for k in range(channels):
             image = np.ascontiguousarray(part[..., k].reshape(-1, width))
-            ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            back = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if ok else None
-            if back is None or np.abs(back.astype(np.int16) - image).max() > max_error:
-                ok, data = cv2.imencode(".png", image)
-            if not ok:
-                raise RuntimeError("OpenCV could not encode a cache image")
-            members[f"c{c}_{k}"] = data.reshape(-1)
+            members[f"c{c}_{k}"] = _encode_within(image, quality, max_error)
     return members
+
+
+def _encode_within(image: np.ndarray, quality: int, max_error: int) -> np.ndarray:
+    """JPEG at `quality`, else at 100, else PNG: the first whose values stay within `max_error`."""
+    for q in dict.fromkeys((quality, 100)):
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, q])
+        back = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if ok else None
+        if back is not None and np.abs(back.astype(np.int16) - image).max() <= max_error:
+            return data.reshape(-1)
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a cache image")
+    return data.reshape(-1)
 
 
 def cache_settings(
