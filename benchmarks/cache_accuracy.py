@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from mml_diagnosis import PATHS, correct, mml
+from mml_diagnosis import PATHS, mml, paired
 
-from mml.stats import paired_bootstrap, verdict
+from mml.stats import verdict
 
 STAGE = "flow_ce_scratch"
 OUT = Path("cachecheck")
@@ -93,15 +93,8 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for label, a_dirs, b_dirs in rows:
-        a_rows, b_rows = [], []
-        for a_dir, b_dir in zip(a_dirs, b_dirs, strict=True):
-            ids, a = correct(a_dir, STAGE)
-            ids_b, b = correct(b_dir, STAGE)
-            assert (ids == ids_b).all(), "models were evaluated on different videos"
-            a_rows.append(a)
-            b_rows.append(b)
-        a, b = np.stack(a_rows), np.stack(b_rows)
-        ci = paired_bootstrap(a, b, rng=rng)
+        runs = [(a_dir, STAGE, b_dir, STAGE) for a_dir, b_dir in zip(a_dirs, b_dirs, strict=True)]
+        a, b, ci = paired(runs, rng)
         table.append(
             f"| {label} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | "
             f"{ci.diff:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] | {verdict(ci)} |"

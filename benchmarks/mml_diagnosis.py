@@ -104,6 +104,20 @@ def correct(out: Path, stage: str) -> tuple[np.ndarray, np.ndarray]:
         return npz["ids"][order], right[order].astype(float)
 
 
+def paired(runs: list[tuple[Path, str, Path, str]], rng: np.random.Generator):
+    """(A, B, interval): model 0's 0/1 correctness of stage A and of its control B, one row per
+    run (`(a_dir, a_stage, b_dir, b_stage)`), videos aligned, and the paired 95% interval."""
+    rows_a, rows_b = [], []
+    for a_dir, a_stage, b_dir, b_stage in runs:
+        ids, a = correct(a_dir, a_stage)
+        ids_b, b = correct(b_dir, b_stage)
+        assert (ids == ids_b).all(), "models were evaluated on different videos"
+        rows_a.append(a)
+        rows_b.append(b)
+    a, b = np.stack(rows_a), np.stack(rows_b)
+    return a, b, paired_bootstrap(a, b, rng=rng)
+
+
 def seed_params(params: dict, seed: int, stages: dict, out: Path) -> Path:
     """diagnosis/seed-<seed>/params.yaml: the workspace's params with this training seed, the
     variants' stages, and every path under `out`; the inits linked or left to train."""
@@ -173,15 +187,7 @@ def main() -> None:
     ]
     for v in args.variants:
         control = f"diag_{VARIANTS[v][2]}"
-        rows_a, rows_b = [], []
-        for out in outs:
-            ids, a = correct(out, f"diag_{v}")
-            ids_b, b = correct(out, control)
-            assert (ids == ids_b).all(), "models were evaluated on different videos"
-            rows_a.append(a)
-            rows_b.append(b)
-        a, b = np.stack(rows_a), np.stack(rows_b)
-        ci = paired_bootstrap(a, b, rng=rng)
+        a, b, ci = paired([(out, f"diag_{v}", out, control) for out in outs], rng)
         table.append(
             f"| {VARIANTS[v][0]} | {100 * a.mean():.1f} | `{control}` | {100 * b.mean():.1f} | "
             f"{ci.diff:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] | {verdict(ci)} |"
