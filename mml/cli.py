@@ -466,7 +466,7 @@ def predict(
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         uri, store = _model_and_store(model, params, overrides)
         loaded = load_for_predict(uri, store)
-        loaded.unwrap_python_model().read_any_path()  # the user names the files
+        loaded.unwrap_python_model().for_command_line()  # the user names the files
         import pandas as pd
 
         table = loaded.predict(
@@ -527,6 +527,16 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 5000,
     workers: Annotated[int, typer.Option(help="server worker processes", min=1)] = 1,
+    max_bytes: Annotated[
+        int | None,
+        typer.Option(help="largest video_b64 once decoded, bytes (default 256 MiB)", min=1),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds of work per video before its row errors (default 60)", min=0.001
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
@@ -534,10 +544,14 @@ def serve(
 
     MLflow starts its HTTP server (uvicorn) from PATH; this command puts the Python
     environment mml runs in first on it, so the server starts without activating anything.
-    Requests: POST /invocations, as `mlflow models serve` documents.
+    Requests: POST /invocations, as `mlflow models serve` documents; rows give `video` (a path
+    under MML_SERVE_ROOTS) or `video_b64` (the file's bytes, base64).
     """
 
     def action() -> NoReturn:
+        from mml.errors import UserError
+        from mml.serving import MAX_BYTES, TIMEOUT, ServeLimits
+
         uri, store = _model_and_store(model, params, overrides)
         bin_dir = Path(sys.executable).parent
         env = {
@@ -545,6 +559,14 @@ def serve(
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "MLFLOW_TRACKING_URI": store,
         }
+        if max_bytes is not None:
+            env[MAX_BYTES] = str(max_bytes)
+        if timeout is not None:
+            env[TIMEOUT] = repr(float(timeout))
+        try:  # a malformed MML_SERVE_* would stop every worker from loading the model
+            ServeLimits.from_env(env)
+        except ValueError as err:
+            raise UserError(str(err)) from None
         command = [
             str(bin_dir / "mlflow"),
             *("models", "serve", "-m", uri, "--env-manager", "local"),

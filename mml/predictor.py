@@ -24,9 +24,9 @@ import torch
 from mml import artifacts, checkpoint
 from mml.artifacts import PackageConfig
 from mml.config import ClipConfig
-from mml.data.live import view_inputs
+from mml.data.live import NO_LIMITS, Limits, view_inputs
 from mml.data.sampling import ViewPlan
-from mml.data.video import VideoDecodeError
+from mml.data.video import VideoDecodeError, VideoSource
 from mml.errors import UserError
 from mml.inference import fuse_views
 from mml.models.factory import model_from_checkpoint
@@ -98,13 +98,16 @@ class VideoPredictor:
             )
 
     @torch.inference_mode()
-    def predict(self, video: str | Path) -> np.ndarray:
-        """(classes,) probabilities; raises VideoDecodeError for a file that cannot be read."""
+    def predict(self, video: VideoSource, limits: Limits = NO_LIMITS) -> np.ndarray:
+        """(classes,) probabilities of a video file (its path or its bytes); raises
+        VideoDecodeError for one that cannot be read, LimitExceeded past `limits` (checked
+        before each member's inputs and network pass)."""
 
         inputs: dict[tuple[str, str], torch.Tensor] = {}
         probabilities = []
         for m in self.members:
             key = (m.modality, m.clip.model_dump_json())
+            limits.check_time()
             if key not in inputs:  # members with the same modality and clip share inputs
                 inputs[key] = view_inputs(
                     video,
@@ -114,7 +117,9 @@ class VideoPredictor:
                     short_side=self.config.short_side,
                     flow_algorithm=self.config.flow_algorithm,
                     flow_bound=self.config.flow_bound,
+                    limits=limits,
                 )
+                limits.check_time()
             probabilities.append(fuse_views(m.model, inputs[key][None], self.fuse, self.multilabel))
         return np.mean(probabilities, axis=0)[0]
 

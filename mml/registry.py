@@ -268,7 +268,13 @@ def _signature():
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "video")]),
+        # each row gives one of the two: a path on the server, or the file's bytes in base64
+        inputs=Schema(
+            [
+                ColSpec("string", "video", required=False),
+                ColSpec("string", "video_b64", required=False),
+            ]
+        ),
         params=ParamSchema([ParamSpec("top_k", "long", 5)]),
     )
 

@@ -7,11 +7,13 @@ predict from the registered models like a user would.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -257,6 +259,71 @@ def test_live_inputs_are_the_evaluation_inputs(promoted):
                 assert (got - expected).abs().max().item() < 2.5 * (1 / 255) / 0.226
 
 
+def b64(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def test_served_model_takes_video_bytes_and_gives_each_bad_row_its_error(
+    promoted, odd_videos, monkeypatch, tmp_path
+):
+    """`video_b64` rows give the probabilities of the same file read by path; a broken,
+    malformed, oversized, ambiguous or empty row gets its own error; nothing is written."""
+    source, videos, broken = odd_videos
+    limit = source.stat().st_size * 4
+    assert videos["long"].stat().st_size > limit
+    monkeypatch.setenv("MML_SERVE_ROOTS", str(source.parent))
+    monkeypatch.setenv("MML_SERVE_MAX_BYTES", str(limit))
+    model = mlflow.pyfunc.load_model("models:/mml-tiny-rgb@champion")
+    rows = [
+        {"video": str(source)},
+        {"video_b64": b64(source)},
+        {"video_b64": b64(videos["portrait"])},
+        {"video_b64": b64(broken[0])},  # truncated
+        {"video_b64": "%%% not base64"},
+        {"video_b64": b64(videos["long"])},
+        {"video": str(source), "video_b64": b64(source)},
+        {},
+    ]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = model.predict(pd.DataFrame.from_records(rows), params={"top_k": 6})
+    assert list(scratch.iterdir()) == []  # the bytes were decoded in memory
+    by_path, by_bytes, portrait, *bad = out.to_dict(orient="records")
+    assert by_path["error"] == by_bytes["error"] == portrait["error"] == ""
+    assert by_bytes["video"] == "" and by_path["video"] == str(source)
+    assert dict(zip(by_bytes["top_labels"], by_bytes["top_scores"], strict=True)) == pytest.approx(
+        dict(zip(by_path["top_labels"], by_path["top_scores"], strict=True)), abs=1e-6
+    )
+    errors = [row["error"] for row in bad]
+    assert errors[0].startswith("cannot decode video <video_b64 of row 3>")
+    assert "not valid base64" in errors[1]
+    assert (
+        errors[2]
+        == f"video_b64 is {videos['long'].stat().st_size} bytes, over the limit of {limit}"
+    )
+    assert "not both" in errors[3] and errors[4].startswith("no video")
+    assert all(row["label"] == "" and row["score"] == 0 for row in bad)
+
+
+@pytest.mark.parametrize(
+    "variable,value,error",
+    [
+        ("MML_SERVE_TIMEOUT", "1e-9", "time limit exceeded (1e-09 s per video)"),
+        ("MML_SERVE_MAX_PIXELS", "1023", "frames of 32x32 are over the limit of 1023 pixels"),
+    ],
+)
+def test_served_model_stops_a_video_at_its_limits(
+    promoted, odd_videos, monkeypatch, variable, value, error
+):
+    source = odd_videos[0]
+    monkeypatch.setenv(variable, value)
+    model = mlflow.pyfunc.load_model("models:/mml-tiny-ensemble@champion")  # flow: the slow path
+    out = model.predict(pd.DataFrame({"video_b64": [b64(source)]}))
+    assert out["error"].tolist() == [error]
+
+
 def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, odd_videos):
     """The README's command, `.venv/bin/mml serve`, with a PATH that does not hold the venv
     (as in a fresh shell): `mlflow models serve` would fail to find uvicorn there."""
@@ -266,6 +333,8 @@ def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, 
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != bin_dir)
     # the videos' directories and /dev are allowed; paths elsewhere, and non-files, are not
     roots = os.pathsep.join([str(source.parent), str(broken[1].parent), "/dev"])
+    long = videos["long"]
+    limit = source.stat().st_size * 4
     env = {**os.environ, "PATH": path, "MML_SERVE_ROOTS": roots}
     fifo = broken[1].parent / "fifo.webm"
     if not fifo.exists():
@@ -284,7 +353,7 @@ def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, 
     ]
     server = subprocess.Popen(
         [str(bin_dir / "mml"), "serve", "--model", "models:/mml-tiny-rgb@champion"]
-        + ["--port", str(port)],
+        + ["--port", str(port), "--max-bytes", str(limit)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -293,7 +362,9 @@ def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, 
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server)
         videos = [str(source), str(broken[1]), *refused]
-        body = {"dataframe_records": [{"video": v} for v in videos], "params": {"top_k": 2}}
+        records = [{"video": v} for v in videos]
+        records += [{"video_b64": b64(source)}, {"video_b64": b64(long)}, {"video_b64": "@@"}]
+        body = {"dataframe_records": records, "params": {"top_k": 2}}
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps(body).encode(),
@@ -304,8 +375,12 @@ def test_mml_serve_answers_a_scoring_request_without_the_venv_on_path(promoted, 
     finally:
         server.terminate()
         server.wait(timeout=30)
-    good, bad, *rest = predictions
+    good, bad, *rest, sent, too_big, malformed = predictions
     assert good["error"] == "" and len(good["top_labels"]) == 2 and good["score"] > 0
     assert good["label"] == good["top_labels"][0]
     assert bad["label"] == "" and "cannot decode" in bad["error"]
     assert [row["error"] for row in rest] == ["path not allowed"] * len(refused)
+    assert sent["error"] == "" and sent["top_labels"] == good["top_labels"]
+    assert sent["top_scores"] == pytest.approx(good["top_scores"], abs=1e-6)
+    assert too_big["error"].endswith(f"over the limit of {limit}")
+    assert "not valid base64" in malformed["error"]

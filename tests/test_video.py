@@ -12,6 +12,7 @@ import pytest
 from videos import decode_index_pattern, index_pattern_frames
 
 from mml.data.video import (
+    VideoBytes,
     VideoDecodeError,
     num_frames,
     probe,
@@ -161,6 +162,41 @@ def test_unreadable_files_raise_video_decode_error(tmp_path: Path, make):
     ):
         with pytest.raises(VideoDecodeError, match=re.escape(str(path))):
             read(path)
+
+
+def test_bytes_in_memory_read_like_their_file(pattern_video: Path, tmp_path: Path):
+    """A video's bytes (what a client sends a server) give the file's frames, by decord and
+    by the sequential decode, and its probe; nothing is written anywhere."""
+    wanted = [50, 10, 40, 5, 5, 59, 0]
+    data = VideoBytes(pattern_video.read_bytes(), "<sent>")
+    assert probe(data) == probe(pattern_video) and data.info is not None
+    assert np.array_equal(read_frames(data, wanted), read_frames(pattern_video, wanted))
+    assert np.array_equal(read_frames_sequential(data, wanted), read_frames(pattern_video, wanted))
+    with pytest.raises(ValueError, match=r"<sent>.*60 frames"):
+        read_frames(data, [NUM])
+
+
+def test_edit_listed_mp4_bytes_take_the_sequential_path(tmp_path: Path):
+    src, dst = tmp_path / "full.mp4", tmp_path / "cut.mp4"
+    write_video(src, index_pattern_frames(NUM, SIZE, SIZE), fps=25.0, codec="h264")
+    _remux(src, dst, shift_frames=min(set(range(2, 16)) - _keyframes(src)))
+    data = VideoBytes(dst.read_bytes())
+    assert "edit list" in probe(data).decord_issue
+    assert np.array_equal(read_frames(data, [30, 5, 0]), read_frames(dst, [30, 5, 0]))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_random_bytes, lambda p: p.write_bytes(b""), _truncated],
+    ids=["random-bytes", "empty", "truncated"],
+)
+def test_unreadable_bytes_raise_video_decode_error_naming_them(tmp_path: Path, make):
+    path = tmp_path / "broken.webm"
+    make(path)
+    data = VideoBytes(path.read_bytes(), "<video_b64 of row 3>")
+    for read in (probe, lambda d: read_frames(d, [0]), lambda d: read_frames_sequential(d, [0])):
+        with pytest.raises(VideoDecodeError, match=re.escape("<video_b64 of row 3>")):
+            read(data)
 
 
 @pytest.mark.parametrize("codec,suffix", CODECS)

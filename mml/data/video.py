@@ -22,6 +22,10 @@ files where decord fails or disagrees on the frame count, are read by
 (same decoder and colour conversion), so a file's frames do not depend on the path taken.
 Display-rotation metadata is ignored by the PyAV path; this project writes none.
 
+A video can also be read from memory (:class:`VideoBytes`, what a client sends a server):
+both readers take the bytes as a file object, nothing is written to disk, and the frames are
+those of the same bytes read from a file.
+
 Import order: decord loads its own FFmpeg and libvpx into the global symbol namespace. If it is
 imported before ``av`` in a process, PyAV's VP8/VP9 *encoders* fail to open (decoding is not
 affected). This module imports ``av`` first; other modules should import it, not decord alone.
@@ -29,6 +33,7 @@ affected). This module imports ``av`` first; other modules should import it, not
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -62,11 +67,33 @@ _ENCODERS: dict[str, tuple[str, str, str, dict[str, str]]] = {
 KEYFRAME_INTERVAL = 16
 
 
-class VideoDecodeError(RuntimeError):
-    """A video file could not be read: missing, empty, truncated, corrupt or not a video."""
+class VideoBytes:
+    """A video file's bytes in memory, read like a file of that content and never written to
+    disk; `name` stands for it in messages. Its probe is kept on the object (not in the
+    per-path memo, which would grow with every request a server gets)."""
 
-    def __init__(self, path: Path | str, reason: str) -> None:
-        self.path = Path(path)
+    __slots__ = ("data", "name", "info")
+
+    def __init__(self, data: bytes, name: str = "<bytes>") -> None:
+        self.data = data
+        self.name = name
+        self.info: VideoInfo | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def open(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+VideoSource = Path | str | VideoBytes  # what the readers take: a file's path or its bytes
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be read: missing, empty, truncated, corrupt or not a video."""
+
+    def __init__(self, path: VideoSource, reason: str) -> None:
+        self.path = path if isinstance(path, VideoBytes) else Path(path)
         self.reason = reason
         super().__init__(f"cannot decode video {self.path}: {reason}")
 
@@ -167,12 +194,16 @@ def num_frames(path: Path) -> int:
     return probe(path).num_frames
 
 
-def probe(path: Path) -> VideoInfo:
+def probe(path: VideoSource) -> VideoInfo:
     """Frame count, size, frame rate and decord safety of a video file (memoised).
 
     Raises :class:`VideoDecodeError` if the file is missing, not a video, has no frames, or
     ends earlier than its container says (truncated).
     """
+    if isinstance(path, VideoBytes):
+        if path.info is None:
+            path.info = _probe(path)
+        return path.info
     key = _probe_key(Path(path))
     info = _PROBES.get(key)
     if info is None:
@@ -226,7 +257,7 @@ def _probe_chunk(paths: list[Path]) -> dict[tuple[str, int, int], VideoInfo]:
     return found
 
 
-def _probe(path: Path) -> VideoInfo:
+def _probe(path: Path | VideoBytes) -> VideoInfo:
     with _open_input(path) as container:
         if not container.streams.video:
             raise VideoDecodeError(path, "the file has no video stream")
@@ -273,16 +304,21 @@ def _decord_issue(
 
 
 @contextmanager
-def _open_input(path: Path) -> Iterator[av.container.InputContainer]:
+def _open_input(path: Path | VideoBytes) -> Iterator[av.container.InputContainer]:
     """``av.open`` for reading, with every PyAV failure turned into a VideoDecodeError."""
     try:
-        with av.open(str(path), "r") as container:
+        with av.open(_source(path), "r") as container:
             yield container
     except (av.error.FFmpegError, OSError) as err:
         raise VideoDecodeError(path, f"{type(err).__name__}: {err}") from err
 
 
-def read_frames(path: Path, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+def _source(path: Path | VideoBytes) -> str | io.BytesIO:
+    """What PyAV and decord open: the file's path, or a file object over the bytes."""
+    return path.open() if isinstance(path, VideoBytes) else str(path)
+
+
+def read_frames(path: VideoSource, indices: np.ndarray | Sequence[int]) -> np.ndarray:
     """Frames ``indices`` of the video, as (len(indices), H, W, 3) uint8 RGB, in that order.
 
     Indices may be unsorted and repeated. decord decodes them unless :func:`probe` found a
@@ -302,7 +338,7 @@ def read_frames(path: Path, indices: np.ndarray | Sequence[int]) -> np.ndarray:
     return _decode_sequentially(path, wanted)
 
 
-def read_frames_sequential(path: Path, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+def read_frames_sequential(path: VideoSource, indices: np.ndarray | Sequence[int]) -> np.ndarray:
     """Like :func:`read_frames`, always by one PyAV decode from frame 0 to the largest index.
 
     The reference that :func:`read_frames` agrees with, and its fallback; frame i is the i-th
@@ -315,10 +351,10 @@ def read_frames_sequential(path: Path, indices: np.ndarray | Sequence[int]) -> n
 
 
 def _checked_request(
-    path: Path, indices: np.ndarray | Sequence[int]
-) -> tuple[Path, np.ndarray, VideoInfo]:
+    path: VideoSource, indices: np.ndarray | Sequence[int]
+) -> tuple[Path | VideoBytes, np.ndarray, VideoInfo]:
     """The path, the indices as int64 and the file's probe, with the indices range-checked."""
-    path = Path(path)
+    path = path if isinstance(path, VideoBytes) else Path(path)
     wanted = np.asarray(indices)
     if wanted.ndim != 1 or not (wanted.size == 0 or np.issubdtype(wanted.dtype, np.integer)):
         raise ValueError(f"frame indices for {path} must be a 1-D sequence of integers")
@@ -333,10 +369,10 @@ def _checked_request(
     return path, wanted, info
 
 
-def _read_with_decord(path: Path, wanted: np.ndarray, count: int) -> np.ndarray | None:
+def _read_with_decord(path: Path | VideoBytes, wanted: np.ndarray, count: int) -> np.ndarray | None:
     """decord random access; None if decord fails or counts frames differently than probe."""
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        reader = decord.VideoReader(_source(path), ctx=decord.cpu(0), num_threads=1)
         if len(reader) != count:
             log.debug("%s: decord counts %d frames, not %d", path, len(reader), count)
             return None
@@ -349,7 +385,7 @@ def _read_with_decord(path: Path, wanted: np.ndarray, count: int) -> np.ndarray 
     return batch[inverse]
 
 
-def _decode_sequentially(path: Path, wanted: np.ndarray) -> np.ndarray:
+def _decode_sequentially(path: Path | VideoBytes, wanted: np.ndarray) -> np.ndarray:
     """PyAV decode from frame 0 up to ``max(wanted)``; keeps the wanted frames."""
     needed, decoded = set(wanted.tolist()), {}
     last, count = int(wanted.max()), 0
