@@ -8,6 +8,7 @@ MLflow run.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,6 +107,15 @@ def _finite(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 4)
 
 
+def axis_labels(classes: Sequence[str], width: int = 24) -> list[str]:
+    """Whole class names, wrapped at word boundaries into lines of about `width` characters
+    (SSv2's names run to 80: cut, "Moving something from left t" hid the class)."""
+    return [
+        textwrap.fill(c, width, break_long_words=False, break_on_hyphens=False) or c
+        for c in classes
+    ]
+
+
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix as a PNG (written atomically)."""
     import matplotlib
@@ -114,13 +124,13 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    labels = axis_labels(classes)
+    lines = max(label.count("\n") + 1 for label in labels)
     size = max(5.0, 0.45 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig, ax = plt.subplots(figsize=(size + 1.5 + 0.1 * lines, size + 0.1 * lines))
     im = ax.imshow(matrix_norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(
-        range(len(classes)), [c[:28] for c in classes], rotation=75, ha="right", fontsize=7
-    )
-    ax.set_yticks(range(len(classes)), [c[:28] for c in classes], fontsize=7)
+    ax.set_xticks(range(len(classes)), labels, rotation=75, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), labels, fontsize=7)
     for (i, j), count in np.ndenumerate(matrix):
         if count:
             color = "white" if matrix_norm[i, j] > 0.5 else "black"

@@ -76,3 +76,20 @@ def test_task_loss_single_and_multi_label():
     bce = task_loss(logits, torch.tensor([[1.0, 0.0]]), multilabel=True).item()
     expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
     assert bce == pytest.approx(expected)
+
+
+def test_confusion_plot_shows_whole_class_names(tmp_path):
+    from mml.evaluate import axis_labels, plot_confusion
+
+    classes = [
+        "Moving something from left to right",
+        "Pretending to put something onto something else without letting go of it",
+        "Tearing",
+        "Supercalifragilisticexpialidocious-and-then-some-more",  # no space: kept whole
+    ]
+    labels = axis_labels(classes)
+    assert [" ".join(label.split("\n")) for label in labels] == classes
+    assert all(len(line) <= 24 for label in labels[:3] for line in label.split("\n"))
+    path = tmp_path / "confusion.png"
+    plot_confusion(np.eye(4, dtype=int) * 3, classes, path, "title")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
