@@ -51,13 +51,24 @@ def training_values(params: Params) -> dict[str, Any]:
     return values
 
 
+def _trains(key: str) -> bool:
+    """Whether a dotted params key is, holds or lies inside one of `TRAINING_PARAMS`."""
+    return any(
+        key == t or key.startswith(f"{t}.") or t.startswith(f"{key}.") for t in TRAINING_PARAMS
+    )
+
+
 def fingerprint(params: Params, cfg: StageConfig) -> str:
     """Hash of everything that shapes a stage's training (resume must match it).
 
     `params` are the stage's own (overrides applied). The hashes of the checkpoints the
     stage starts from or learns from are part of it: a retrained parent means start over.
     """
-    data = {"params": training_values(params), "stage": cfg.model_dump(mode="json")}
+    stage = cfg.model_dump(mode="json")
+    # the stage's own overrides count as far as they reach training (already in `params`);
+    # an `evaluate.*` or `loader.workers` override changes how it is tested or how fast
+    stage["overrides"] = {k: v for k, v in stage["overrides"].items() if _trains(k)}
+    data = {"params": training_values(params), "stage": stage}
     refs = {m.init for m in cfg.models if m.init not in ("scratch", "imagenet")}
     if cfg.teacher:
         refs.add(cfg.teacher)

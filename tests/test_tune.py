@@ -178,3 +178,8 @@ def test_tuning_and_registry_settings_leave_training_fingerprints_alone(project)
     assert fingerprint("train.lr=0.5") != base  # a training setting does change it
     assert fingerprint("compute.precision=float64") != base  # so does the arithmetic
     assert fingerprint("compute.threads=1", "loader.workers=0", "compute.nproc=2") == base
+    # the stage's own overrides: how it is tested or loaded leaves its training alone
+    test_only = '{"evaluate.uniform_views": 1, "evaluate.fuse": probs, "loader.workers": 0}'
+    assert fingerprint(f"stages.rgb_ce.overrides={test_only}") == base
+    assert fingerprint('stages.rgb_ce.overrides={"train.lr": 0.5}') != base
+    assert fingerprint('stages.rgb_ce.overrides={"seed": 7}') != base
