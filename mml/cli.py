@@ -236,28 +236,40 @@ def train(
             help="processes on this machine (DDP via torchrun; 1 per GPU); default: compute.nproc",
         ),
     ] = None,
+    then_evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate",
+            help="then test the models as `mml evaluate STAGE` does, in this process",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train every model of STAGE (resumes from checkpoints/STAGE/last.pt).
 
     With --nproc N (or under `torchrun --nproc-per-node N -m mml train STAGE`) the models
-    train with DistributedDataParallel; each process takes 1/N of every batch.
+    train with DistributedDataParallel; each process takes 1/N of every batch. With --evaluate
+    the stage's models are then tested by one process (rank 0, or the launching process): one
+    process start and one MLflow store opening fewer than `mml evaluate` after it.
     """
     if "WORLD_SIZE" not in os.environ:  # not under torchrun: start it if asked for processes
         nproc = nproc or _run(lambda: _params(params, overrides).compute.nproc)
         if nproc > 1:
             from mml.distributed import launch
 
-            raise typer.Exit(launch(nproc, forwarded_args(ctx, without=("nproc",))))
+            code = launch(nproc, forwarded_args(ctx, without=("nproc", "then_evaluate")))
+            if code == 0 and then_evaluate:
+                _run(
+                    lambda: _evaluate_stage(
+                        _stage_params(params, overrides, stage, tuned), stage, quiet
+                    )
+                )
+            raise typer.Exit(code)
 
     def action() -> None:
         from mml.train import train_stage
 
-        p = _params(params, overrides)
-        if tuned:
-            from mml.tune import with_tuned
-
-            p = with_tuned(p, stage)
+        p = _stage_params(params, overrides, stage, tuned)
         final = train_stage(
             p,
             stage,
@@ -270,8 +282,27 @@ def train(
         for k, metrics in enumerate(final):
             shown = {m: round(v, 2) for m, v in metrics.items() if m.startswith("val/")}
             typer.echo(f"{stage}.{k}: {shown}")
+        if then_evaluate:
+            _evaluate_stage(p, stage, quiet)
 
     _run(action)
+
+
+def _stage_params(path: Path, overrides: list[str] | None, stage: str, tuned: bool):
+    p = _params(path, overrides)
+    if tuned:
+        from mml.tune import with_tuned
+
+        p = with_tuned(p, stage)
+    return p
+
+
+def _evaluate_stage(p, stage: str, quiet: bool) -> None:
+    from mml.evaluate import evaluate_stage
+
+    report = evaluate_stage(p, stage, show_progress=not quiet)
+    summary = {k: {"modality": m.modality, **m.scores} for k, m in sorted(report.models.items())}
+    typer.echo(f"{stage} ({report.views}): {json.dumps(summary)}")
 
 
 @app.command("evaluate")
@@ -283,16 +314,7 @@ def evaluate(
 ) -> None:
     """Multi-view test of STAGE's models: metrics/STAGE.json, predictions/STAGE/*.npz, plots."""
 
-    def action() -> None:
-        from mml.evaluate import evaluate_stage
-
-        report = evaluate_stage(_params(params, overrides), stage, show_progress=not quiet)
-        summary = {
-            k: {"modality": m.modality, **m.scores} for k, m in sorted(report.models.items())
-        }
-        typer.echo(f"{stage} ({report.views}): {json.dumps(summary)}")
-
-    _run(action)
+    _run(lambda: _evaluate_stage(_params(params, overrides), stage, quiet))
 
 
 @app.command("ensemble")

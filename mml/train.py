@@ -399,6 +399,7 @@ class Trainer:
             if on_epoch is not None and validated:
                 on_epoch(epoch, [m.history[-1] for m in self.members])
         if w.main:
+            self._write_curves()  # also when resumed complete: DVC removed them before the run
             for m in self.members:
                 path = artifacts.stage_checkpoint(self.out_dir, m.index)
                 tracking.log_artifacts(client, m.run_id, [path], "checkpoint")

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 
 from mml import checkpoint, distributed
+from mml.artifacts import read_stage_metrics
 from mml.config import ComputeConfig
 from mml.data.sharding import ShardedBatches, shard_indices
 from mml.seeds import epoch_order
@@ -150,8 +151,11 @@ def test_train_nproc_2_matches_one_process_and_only_rank_0_writes(
     single_run, tmp_path, tiny_dataset
 ):
     root = _project(tmp_path / "ddp", tiny_dataset)
-    out = _mml(root, "train", "ml", "--nproc", "2")
+    out = _mml(root, "train", "ml", "--nproc", "2", "--evaluate")
     assert out.count("ml.0:") == 1 and out.count("ml.1:") == 1, out  # rank 0 reports
+    # --evaluate: the launching process tests the models once, after the workers are done
+    assert out.count("ml (Dense 1 + Uniform 2):") == 1, out
+    assert len(read_stage_metrics(root / "metrics/ml.json").models) == 2
     _assert_same_training(_last(single_run), _last(root))
     assert {p.name for p in (root / "checkpoints/ml").iterdir()} == {"0.pt", "1.pt", "last.pt"}
     client = MlflowClient(_env(root)["MLFLOW_TRACKING_URI"])
@@ -239,6 +243,7 @@ def test_train_nproc_forwards_every_option_it_was_given_to_torchrun(monkeypatch)
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == ["train.epochs=3", "seed=2"]
     assert {"--restart-if-changed", "--tuned", "--quiet", "--no-restart"} <= set(argv)
     # every option of the command reaches the workers, whatever options are added later
+    # (--evaluate stays with the launching process, which tests once the workers are done)
     for param in get_command(cli.app).commands["train"].params:
-        if param.param_type_name == "option" and param.name != "nproc":
+        if param.param_type_name == "option" and param.name not in ("nproc", "then_evaluate"):
             assert {*param.opts, *param.secondary_opts} & set(argv), param.name

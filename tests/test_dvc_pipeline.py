@@ -16,6 +16,7 @@ from videos import synth_config
 
 from mml.artifacts import read_stage_metrics
 from mml.data.synth import generate
+from mml.fsio import file_hash
 
 pytestmark = pytest.mark.slow  # git, `dvc repro` and `dvc exp run` in subprocesses
 
@@ -189,15 +190,37 @@ def test_a_stage_param_change_reruns_only_that_stage_and_its_dependents(pipeline
     params["stages"]["d3d"]["distill_weight"] = 0.5
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=pipeline).stdout)
-    assert set(status) == {"train@d3d", "evaluate@d3d", "report"}
+    assert set(status) == {"train@d3d", "report"}
     run("dvc", "repro", cwd=pipeline)
+    assert json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=pipeline).stdout) == {}
+
+
+def test_an_evaluate_change_retests_a_stage_without_retraining_it(pipeline):
+    # `mml train --evaluate`: the stage re-runs, its last.pt (persist) still matches, so only
+    # the multi-view test runs again; the curves DVC removed before the run are written back
+    params_file = pipeline / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    stage = "rgb_ce_re"
+    saved = sorted((pipeline / "checkpoints" / stage).glob("*.pt"))
+    before = {p.name: file_hash(p) for p in saved}
+    assert read_stage_metrics(pipeline / "metrics" / f"{stage}.json").views == "Dense 1 + Uniform 2"
+    params["stages"][stage].setdefault("overrides", {})["evaluate.uniform_views"] = 1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=pipeline).stdout)
+    assert set(status) == {f"train@{stage}", "report"}  # report: `stages` is its param
+    result = run("dvc", "repro", cwd=pipeline)
+    assert f"{stage}.0 epoch" not in result.stdout + result.stderr  # nothing trained
+    assert {p.name: file_hash(p) for p in saved} == before
+    assert read_stage_metrics(pipeline / "metrics" / f"{stage}.json").views == "Dense 1 + Uniform 1"
+    assert (pipeline / "plots" / stage / "curves" / "0.csv").exists()
+    assert sorted((pipeline / "predictions" / stage).glob("*.npz"))
     assert json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=pipeline).stdout) == {}
 
 
 def test_dvc_exp_run_sets_a_stage_param(pipeline):
     result = run("dvc", "exp", "run", "-S", "stages.mml.kl_weight=0.5", cwd=pipeline)
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if "Running stage" in line}
-    assert {"train@mml", "evaluate@mml", "ensemble", "report"} <= ran
+    assert {"train@mml", "ensemble", "report"} <= ran
     assert "train@rgb_ce" not in ran and "train@rgb_ml" not in ran
     shown = run("dvc", "exp", "show", "--json", cwd=pipeline).stdout
     assert "0.5" in shown

@@ -18,15 +18,14 @@ from mml.stage_files import TRAINING_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = [REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))]
-# each stage's entry module (what its `mml` command imports); promote also ships serving.py
+# each stage's entry modules (what its `mml` command imports); promote also ships serving.py
 # to MLflow as the model's code ("models from code", read as a file, not imported)
 ENTRY = {
-    "train": "mml.train",
-    "evaluate": "mml.evaluate",
-    "tune": "mml.tune",
-    "ensemble": "mml.ensemble",
-    "promote": "mml.registry",
-    "report": "mml.report",
+    "train": ("mml.train", "mml.evaluate"),  # `mml train --evaluate`
+    "tune": ("mml.tune",),
+    "ensemble": ("mml.ensemble",),
+    "promote": ("mml.registry",),
+    "report": ("mml.report",),
 }
 SHIPPED = {"promote": {"mml/serving.py"}}
 
@@ -74,12 +73,19 @@ def test_each_stage_lists_the_params_and_modules_it_runs(path):
             assert part in value, f"{path.parent / 'params.yaml'} has no {key}"
             value = value[part]
     train = stage_body(dvc, "train")
-    assert train["params"] == [*TRAINING_PARAMS, "stages.${key}"]
+    # every pipeline's training stage also tests its models (`mml train --evaluate`): the
+    # `evaluate:` section is the only param beyond what training reads, and the test's code
+    # and outputs are the stage's
+    assert "--evaluate" in train["cmd"] and "evaluate" not in dvc["stages"]
+    assert train["params"] == [*TRAINING_PARAMS, "evaluate", "stages.${key}"]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in train["outs"]]
+    assert outs == ["checkpoints/${key}", "predictions/${key}"]
+    assert [next(iter(m)) for m in train["metrics"]] == ["metrics/${key}.json"]
     if "tune" in dvc["stages"]:
         assert set(TRAINING_PARAMS) <= set(stage_body(dvc, "tune")["params"])
-    for stage, entry in ENTRY.items():
+    for stage, entries in ENTRY.items():
         if stage in dvc["stages"]:
-            wanted = runs(entry) | SHIPPED.get(stage, set())
+            wanted = set().union(*map(runs, entries)) | SHIPPED.get(stage, set())
             assert code_deps(stage_body(dvc, stage)) == wanted, f"{path}: {stage}"
 
 
