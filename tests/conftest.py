@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+# DVC (`dvc repro`, `dvc exp run` in the tests' subprocesses) starts an analytics daemon after
+# every command, which cannot reach the network here and leaves a file in /tmp each time
+os.environ["DVC_NO_ANALYTICS"] = "1"
 
 TINY_SYNTH = dict(
     seed=3,
