@@ -103,17 +103,21 @@ def metrics_path(metrics: Path, name: str) -> Path:
 
 @dataclass(frozen=True)
 class ModelMetrics:
-    """One model's multi-view test: its scores (top1 and top5, or mAP) and per-class top-1."""
+    """One model's multi-view test: its scores (top1 and top5, or mAP) and per-class top-1;
+    `run_id`: the MLflow run that trained it (its checkpoint's), "" when unknown."""
 
     modality: str
     init: str
     scores: dict[str, float]
     per_class_top1: dict[str, float | None] | None = None
+    run_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"modality": self.modality, "init": self.init, **self.scores}
         if self.per_class_top1 is not None:
             data["per_class_top1"] = self.per_class_top1
+        if self.run_id:
+            data["run_id"] = self.run_id
         return data
 
     @classmethod
@@ -123,6 +127,7 @@ class ModelMetrics:
             data.get("init", ""),
             {k: float(data[k]) for k in SCORE_KEYS if k in data},
             data.get("per_class_top1"),
+            data.get("run_id", ""),
         )
 
 

@@ -404,9 +404,17 @@ def report(
     workspace: Annotated[
         bool, typer.Option(help="include this workspace's own run (metrics/, predictions/)")
     ] = True,
+    ui: Annotated[
+        str | None,
+        typer.Option(
+            help="address of the MLflow UI that the printed links open "
+            "[default: http://127.0.0.1:5000, where `mlflow ui` serves]"
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """The paper's orderings (paired differences, 95% CIs) and tables: reports/summary.md."""
+    """The paper's orderings (paired differences, 95% CIs) and tables: reports/summary.md;
+    figures in the report's MLflow run; links to the MLflow UI filtered to each comparison."""
 
     def action() -> None:
         from mml.report import write_report
@@ -415,7 +423,7 @@ def report(
         config = _params(params, overrides)
         names = list(exp or []) + (all_experiments() if all_exps else [])
         runs = collect_runs(config, list(also or []), names, workspace=workspace)
-        data = write_report(config, out, runs)
+        data = write_report(config, out, runs, ui)
         rows = sum(len(s["rows"]) for s in data["sections"])
         verdicts = [c["verdict"] for c in data["comparisons"]]
         counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
@@ -423,6 +431,8 @@ def report(
             f"wrote {out / 'summary.md'} ({len(runs)} runs, {rows} models, "
             f"{len(data['ensembles'])} ensembles; orderings: {counts})"
         )
+        for link in data.get("links", []):
+            typer.echo(f"{link['name']}: {link['url']}")
 
     _run(action)
 

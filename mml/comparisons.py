@@ -66,6 +66,37 @@ COMPARISONS: tuple[Comparison, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class CurveFigure:
+    """Validation curves of models the paper compares, one panel per group of refs; the first
+    ref of a panel is the subject, the others its controls. Refs a pipeline lacks are left out
+    (the SSv2 pipeline starts from ImageNet where the default starts from scratch)."""
+
+    name: str  # the file: figures/<name>.png in the report run
+    title: str
+    table: str
+    panels: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+CURVES: tuple[CurveFigure, ...] = (
+    CurveFigure(
+        "init",
+        "Flow and Diff initialised from the RGB model vs from scratch",
+        "Tab. 1",
+        (
+            ("Flow", ("flow_ce_rgb.0", "flow_ce_scratch.0", "flow_ce_imagenet.0")),
+            ("Diff", ("diff_ce_rgb.0", "diff_ce_scratch.0", "diff_ce_imagenet.0")),
+        ),
+    ),
+    CurveFigure(
+        "methods",
+        "The RGB model, 6 epochs from rgb_ce.0: CE vs ML vs MML vs MARS vs D3D",
+        "Tabs. 2, 3, 5",
+        (("RGB", ("mml_rfd.0", "mml_rf.0", "rgb_ml.0", "rgb_ce_re.0", "mars.0", "d3d.0")),),
+    ),
+)
+
+
 def refs(model: Model) -> list[str]:
     """The model refs that `model` names (none for BEST_PAIR, chosen per run)."""
     if model == BEST_PAIR:

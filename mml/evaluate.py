@@ -100,7 +100,9 @@ def _report_model(
     if meta.get("run_id"):
         tracking.log_metrics(client, meta["run_id"], {f"test/{m}": v for m, v in metrics.items()})
         tracking.log_artifacts(client, meta["run_id"], files, "evaluation")
-    return ModelMetrics(meta["modality"], meta.get("init", ""), metrics, per_class_top1)
+    return ModelMetrics(
+        meta["modality"], meta.get("init", ""), metrics, per_class_top1, meta.get("run_id", "")
+    )
 
 
 def _finite(value: float) -> float | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mml import artifacts, tracking
+from mml import artifacts, tracking, views
 from mml.comparisons import BEST_PAIR, COMPARISONS, MARGINS, compare
 from mml.config import Params, StageConfig
 from mml.fsio import atomic_write, atomic_write_text
@@ -29,6 +29,7 @@ SECTIONS = (  # (title, methods) in the paper's order
     ("Mutual Modality Learning (paper Tabs. 3, 4, 7, 8)", ("mml",)),
 )
 TOP5_MIN_CLASSES = 20  # with fewer classes top-5 is mostly chance (6 classes: 83%)
+UI_COMMAND = ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db"
 VERDICT_COLORS = {"holds": "tab:green", "does not hold": "tab:red", "inconclusive": "tab:gray"}
 
 
@@ -321,7 +322,19 @@ def to_markdown(data: dict, dataset: str) -> str:
         + tables_markdown(data)
         + per_class_markdown(data)
         + ensembles_markdown(data)
+        + links_markdown(data)
     )
+
+
+def links_markdown(data: dict) -> list[str]:
+    """Links to the MLflow UI's runs table filtered to each comparison's model runs."""
+    if not data.get("links"):
+        return []
+    lines = [f"## In the MLflow UI (start it: `{UI_COMMAND}`)", ""]
+    lines += [
+        f"- [{link['name']}]({link['url']}): {', '.join(link['models'])}" for link in data["links"]
+    ]
+    return lines + [""]
 
 
 def plot_comparisons(rows: list[dict], path: Path) -> None:
@@ -360,19 +373,32 @@ def plot_comparisons(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(params: Params, out_dir: Path, runs: list[Run] | None = None) -> dict:
-    """reports/summary.md, summary.json and comparisons.png (logged to MLflow); returns the data.
+def write_report(
+    params: Params,
+    out_dir: Path,
+    runs: list[Run] | None = None,
+    ui_address: str | None = None,
+) -> dict:
+    """reports/summary.md, summary.json, comparisons.png and figures/ (curves of the paper's
+    comparisons from the MLflow runs, the ensemble table), all logged to the report's MLflow
+    run; returns the data, with `links`: the UI at `ui_address` filtered to each comparison.
     `runs`: the runs to compare (default: this workspace only)."""
     runs = collect_runs(params) if runs is None else runs
     data = collect(params, runs)
     out_dir = Path(out_dir)
+    client, experiment_id = tracking.client_and_experiment(params)
+    first = runs[0] if runs else None
+    metric = artifacts.dataset_metric(params.dataset)
+    figures = views.write_figures(client, first, data, metric, out_dir / "figures")
+    address = ui_address or tracking.UI_ADDRESS
+    data["links"] = views.links(first, data["comparisons"], experiment_id, address)
     md, js, png = out_dir / "summary.md", out_dir / "summary.json", out_dir / "comparisons.png"
     atomic_write_text(md, to_markdown(data, params.dataset.name))
     atomic_write_text(js, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     plot_comparisons(data["comparisons"], png)
 
-    client, experiment_id = tracking.client_and_experiment(params)
     run_id = tracking.start_step(client, experiment_id, params, tracking.Role.REPORT)
     tracking.log_artifacts(client, run_id, [md, js, png], "report")
+    tracking.log_artifacts(client, run_id, figures, "figures")
     tracking.end_run(client, run_id)
     return data

@@ -16,6 +16,7 @@ import functools
 import os
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +114,31 @@ def versions_filter(name: str) -> str:
 def study_filter(study: str) -> str:
     """The `search_runs` filter for the study run of Optuna study `study`."""
     return f"tags.`{Tag.ROLE}` = '{Role.STUDY}' and tags.`{Tag.STUDY}` = '{study}'"
+
+
+MODEL_RUNS = f"tags.`{Tag.ROLE}` = '{Role.MODEL}'"  # the filter for every model run
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def runs_filter(run_ids: Iterable[str]) -> str:
+    """The `search_runs` filter (also the UI's) for exactly the runs `run_ids`."""
+    return "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
+
+
+def runs_table_url(address: str, experiment_id: str, search_filter: str) -> str:
+    """The MLflow UI's runs table of the experiment at `address`, filtered by `search_filter`.
+
+    Sorted by run name: with a filter set and any order but creation time, the UI lists nested
+    runs flat, so model runs show at the top level instead of folded under their stage runs."""
+    query = urllib.parse.urlencode(
+        {
+            "searchFilter": search_filter,
+            "orderByKey": "tags.`mlflow.runName`",
+            "orderByAsc": "true",
+        },
+        quote_via=urllib.parse.quote,
+    )
+    return f"{address.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def trial_run_name(stage: str, number: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import numpy as np
 import pytest
@@ -281,3 +282,66 @@ def test_per_class_accuracy_of_each_modality_alone(two_runs):
     md = (workspace / "reports/summary.md").read_text()
     assert "## Per-class top-1 of each modality alone (CE from scratch)" in md
     assert "| `flow_ce_scratch.0` | flow | " + " | ".join(f"{e:.0f}" for e in expected) in md
+
+
+def model_run(client: MlflowClient, experiment_id: str, ref: str, modality: str, values) -> str:
+    """A model's MLflow run as training logs it: val/top1 at steps 0, 1, ..."""
+    run_id = client.create_run(
+        experiment_id, run_name=f"{ref}-{modality}", tags={"mml.role": "model"}
+    ).info.run_id
+    for step, value in enumerate(values):
+        client.log_metric(run_id, "val/top1", value, step=step)
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.mark.slow
+def test_the_report_run_holds_curves_from_the_model_runs_and_links_filter_to_them(two_runs):
+    workspace, _ = two_runs
+    client = MlflowClient()
+    experiment_id = client.create_experiment("mml-tiny")
+    curves = {"flow_ce_rgb.0": [30.0, 55.0, 70.0], "flow_ce_scratch.0": [20.0, 25.0, 40.0]}
+    ids = {}
+    for ref, values in curves.items():
+        ids[ref] = model_run(client, experiment_id, ref, "flow", values)
+        stage = ref.split(".")[0]
+        scores = {"top1": values[-1], "top5": 99.0}
+        write_stage_metrics(
+            workspace / "metrics" / f"{stage}.json",
+            StageMetrics(
+                "Dense 1", "probs", [], {0: ModelMetrics("flow", "", scores, None, ids[ref])}
+            ),
+        )
+    model_run(client, experiment_id, "rgb_ml.0", "rgb", [50.0])  # a run no comparison names
+
+    out = mml("report", "--ui", "http://127.0.0.1:5999")
+    (report,) = client.search_runs([experiment_id], "tags.`mml.role` = 'report'")
+    logged = {a.path for a in client.list_artifacts(report.info.run_id, "figures")}
+    names = {"init.png", "methods.png", "ensembles.png", "curves.json"}
+    assert logged == {f"figures/{n}" for n in names}
+    local = Path(client.download_artifacts(report.info.run_id, "figures", str(workspace / "dl")))
+    for name in names - {"curves.json"}:
+        png = (local / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        assert png == (workspace / "reports/figures" / name).read_bytes()
+    shown = json.loads((local / "curves.json").read_text())
+    assert shown["metric"] == "val/top1" and shown["methods"] == {}  # no RGB model has metrics
+    assert shown["init"] == {
+        ref: {"run_id": ids[ref], "points": [[step + 1, v] for step, v in enumerate(values)]}
+        for ref, values in curves.items()
+    }
+
+    links = json.loads((workspace / "reports/summary.json").read_text())["links"]
+    by_name = {link["name"]: link for link in links}
+    flow = by_name["Flow: from RGB > from scratch"]
+    assert flow["models"] == ["flow_ce_rgb.0", "flow_ce_scratch.0"]
+    assert flow["url"] in out and flow["url"] in (workspace / "reports/summary.md").read_text()
+    base, query = flow["url"].split("?")
+    assert base == f"http://127.0.0.1:5999/#/experiments/{experiment_id}/runs"
+    fields = dict(parse_qsl(query))
+    assert fields["orderByKey"] == "tags.`mlflow.runName`"  # not creation time: listed flat
+    found = client.search_runs([experiment_id], fields["searchFilter"])
+    assert sorted(r.info.run_name for r in found) == [
+        "flow_ce_rgb.0-flow",
+        "flow_ce_scratch.0-flow",
+    ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from conftest import free_port, wait_for_http
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from test_pipeline import mml, runner
@@ -34,6 +38,29 @@ def tune_project(project):
     params["tune"] = {"seed": 5, "epochs": 1, "space": SPACE, "pruner": {"startup_trials": 4}}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     return project
+
+
+def dashboard_trials(storage: str, study: str) -> int:
+    """How many trials of `study` optuna-dashboard shows, started on `storage` as the README
+    says (`optuna-dashboard <journal file or SQLAlchemy URL>`) on 127.0.0.1."""
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"), storage]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    api = f"http://127.0.0.1:{port}/api/studies"
+    try:
+        wait_for_http(api, dashboard, timeout=60)
+        summaries = json.loads(urllib.request.urlopen(api, timeout=10).read())["study_summaries"]
+        (found,) = [s for s in summaries if s["study_name"] == study]
+        detail = urllib.request.urlopen(f"{api}/{found['study_id']}", timeout=30).read()
+        return len(json.loads(detail)["trials"])
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -74,6 +101,7 @@ def test_two_workers_share_one_study_without_duplicates(tune_project, storage):
     assert {t.user_attrs["pid"] for t in done} == {w.pid for w in workers}  # both worked
     others = [t for t in study.trials if t not in done]
     assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in others)
+    assert dashboard_trials(url, "mml-tiny-rgb_ml") == len(study.trials)
 
     client = MlflowClient()
     exp = client.get_experiment_by_name("mml-tiny")
