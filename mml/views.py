@@ -61,7 +61,10 @@ def plot_curves(figure: CurveFigure, curves: dict[str, list], metric: str, path:
     import matplotlib.pyplot as plt
 
     panels = figure.panels
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    width = max(8.0, 5.2 * len(panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.8), squeeze=False)
     for ax, (title, group) in zip(axes[0], panels, strict=True):
         shown = [ref for ref in group if ref in curves]
         for color, ref in zip(CURVE_COLORS, shown, strict=False):
@@ -73,6 +76,7 @@ def plot_curves(figure: CurveFigure, curves: dict[str, list], metric: str, path:
             ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"validation {metric} (single view, %)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{figure.title} ({figure.table})", fontsize=10)
@@ -92,15 +96,14 @@ def plot_ensemble_table(ensembles: list[dict], keys: Sequence[str], path: Path) 
         [" + ".join(e["members"]), ",".join(e["modalities"]), *(f"{e[k]:.1f}" for k in keys)]
         for e in ensembles
     ] or [["no ensemble", "", *("" for _ in keys)]]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.0))
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 0.8))
     ax.axis("off")
-    table = ax.table(cellText=rows, colLabels=["members", "modalities", *keys], loc="upper center")
+    table = ax.table(cellText=rows, colLabels=["members", "modalities", *keys], loc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     table.auto_set_column_width(list(range(len(keys) + 2)))
     ax.set_title("Ensembles: probability averaging (paper App. 3), ranked", fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 
