@@ -17,7 +17,7 @@ import os
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_uri_state  # the URI's home
+from sqlalchemy.exc import SQLAlchemyError
 
 from mml import fsio
 from mml.config import Params, StageConfig
@@ -59,6 +60,7 @@ class Tag:
     OPTUNA_STORAGE = "optuna.storage"
     OPTUNA_STATE = "optuna.state"  # COMPLETE | PRUNED, on a trial's stage run
     BEST_TRIAL = "best_trial"
+    BEST_VALUE_PREFIX = "best."  # best.<param> on a study run: the best trial's values
     BEST_MEMBERS = "best_members"  # of the ensemble run
     GREEDY_MEMBERS = "greedy_members"
 
@@ -378,6 +380,21 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), MAX_BATCH):
         client.log_batch(run_id, params=items[i : i + MAX_BATCH])
+
+
+def write_shared(write: Callable[[], Any], attempts: int = 5) -> None:
+    """Run `write` against a run that other processes write at the same moment (a study run,
+    which every `mml tune` worker of the study finishes by writing its best trial): the first
+    inserts of one key race in a SQL store and one fails with an integrity error; written
+    again, it finds the key and updates it."""
+    for attempt in range(attempts):
+        try:
+            write()
+            return
+        except (MlflowException, SQLAlchemyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
 
 
 def log_metrics(

@@ -332,9 +332,19 @@ def _finish(params, stage, study, url, client, study_run, ran) -> TuneResult:
         tuned_file = artifacts.tuned_path(params.paths.tuned, stage)
         tuned = TunedValues(stage, study.study_name, best.number, best.value, dict(best.params))
         artifacts.write_tuned(tuned_file, tuned)
-        tracking.log_metrics(client, study_run, {"best/value": best.value})
-        client.set_tag(study_run, tracking.Tag.BEST_TRIAL, str(best.number))
-        tracking.log_params(client, study_run, {f"best.{k}": v for k, v in best.params.items()})
+        # every worker of the study writes its view of the best trial to the shared study run,
+        # possibly at the same moment; as tags, a later (more complete) view replaces it
+        best_tags = {tracking.Tag.BEST_TRIAL: str(best.number)}
+        best_tags |= {
+            f"{tracking.Tag.BEST_VALUE_PREFIX}{k}": str(v) for k, v in best.params.items()
+        }
+        tracking.write_shared(
+            lambda: tracking.log_metrics(client, study_run, {"best/value": best.value})
+        )
+        for key, value in best_tags.items():
+            tracking.write_shared(
+                lambda key=key, value=value: client.set_tag(study_run, key, value)
+            )
         plot = artifacts.tune_plot(params.paths.plots, stage)
         plot_history(study, plot)
         tracking.log_artifacts(client, study_run, [tuned_file, plot], "tuning")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -87,3 +89,48 @@ def test_git_commit_runs_git_once_per_process(monkeypatch):
     assert commands == [["git", "rev-parse"], ["git", "status"]]
     monkeypatch.setattr(tracking.subprocess, "run", real_run)
     assert tracking.git_commit.__wrapped__() == first  # what every call computed before
+
+
+def test_writes_to_a_shared_run_are_retried_and_every_process_lands_its_values(tmp_path):
+    """Several processes write the same new tag and metric to one study run at once (every
+    `mml tune` worker finishes that way): each write lands, none fails on the store's race."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("shared")).info.run_id
+    script = (
+        "import sys, time\n"
+        "from mlflow import MlflowClient\n"
+        "from mml import tracking\n"
+        "client, run, worker = MlflowClient(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+        "time.sleep(max(0.0, float(sys.argv[4]) - time.time()))\n"
+        "for i in range(20):\n"
+        "    tracking.write_shared(lambda: client.set_tag(run, f'best.k{i}', worker))\n"
+        "    tracking.write_shared(lambda: tracking.log_metrics(client, run, {f'm{i}': 1.0}))\n"
+    )
+    start = str(time.time() + 8)  # both start writing at this moment
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, run_id, str(w), start],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for w in range(2)
+    ]
+    outputs = [w.communicate(timeout=120)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    data = client.get_run(run_id).data
+    assert all(data.tags[f"best.k{i}"] in ("0", "1") for i in range(20))
+    assert set(data.metrics) == {f"m{i}" for i in range(20)}
+
+
+def test_a_write_that_keeps_failing_is_raised_after_its_retries():
+    calls = []
+
+    def write() -> None:
+        calls.append(1)
+        raise mlflow.exceptions.MlflowException("Changing param values is not allowed")
+
+    with pytest.raises(mlflow.exceptions.MlflowException, match="Changing param"):
+        tracking.write_shared(write, attempts=3)
+    assert len(calls) == 3

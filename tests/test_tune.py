@@ -53,11 +53,15 @@ def dashboard_trials(storage: str, study: str) -> int:
     )
     api = f"http://127.0.0.1:{port}/api/studies"
     try:
-        wait_for_http(api, dashboard, timeout=60)
-        summaries = json.loads(urllib.request.urlopen(api, timeout=10).read())["study_summaries"]
+        wait_for_http(api, dashboard, timeout=120)
+        summaries = json.loads(urllib.request.urlopen(api, timeout=30).read())["study_summaries"]
         (found,) = [s for s in summaries if s["study_name"] == study]
-        detail = urllib.request.urlopen(f"{api}/{found['study_id']}", timeout=30).read()
+        detail = urllib.request.urlopen(f"{api}/{found['study_id']}", timeout=60).read()
         return len(json.loads(detail)["trials"])
+    except Exception as err:
+        dashboard.terminate()
+        output = dashboard.communicate()[0]
+        raise AssertionError(f"optuna-dashboard {storage}: {err!r}\n{output}") from err
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
