@@ -17,6 +17,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mml import tracking
@@ -46,7 +47,7 @@ def histories(client: MlflowClient, run_ids: dict[str, str], key: str) -> dict[s
     for ref, run_id in run_ids.items():
         try:
             points = client.get_metric_history(run_id, key)
-        except Exception:  # the run lives in another store (a copied workspace)
+        except MlflowException:  # the run lives in another store (a copied workspace)
             continue
         if points:
             found[ref] = sorted((p.step + 1, p.value) for p in points)
@@ -59,10 +60,9 @@ def plot_curves(figure: CurveFigure, curves: dict[str, list], metric: str, path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    panels = figure.panels
     from matplotlib.ticker import MaxNLocator
 
+    panels = figure.panels
     width = max(8.0, 5.2 * len(panels))
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.8), squeeze=False)
     for ax, (title, group) in zip(axes[0], panels, strict=True):
