@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,27 +27,10 @@ import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+from serve_load import free_port, wait_until_up  # benchmarks/ is on sys.path
 
 STORE = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ADDRESS = "http://127.0.0.1:5000"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                sys.exit(f"mlflow ui did not answer at {url}:\n{server.stdout.read()}")
-            time.sleep(0.5)
 
 
 def browser() -> str:
@@ -86,7 +68,8 @@ def main() -> int:
     parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time per page")
     args = parser.parse_args()
 
-    links = json.loads(Path("reports/summary.json").read_text()).get("links", [])
+    summary = Path("reports/summary.json")
+    links = json.loads(summary.read_text()).get("links", []) if summary.exists() else []
     if not links:
         sys.exit("reports/summary.json has no links: run `make run` (or `mml report`) first")
     chromium = browser()
@@ -106,8 +89,8 @@ def main() -> int:
             "--port",
             str(port),
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,  # its log would fill an unread pipe
+        stderr=subprocess.DEVNULL,
         text=True,
         env=env,
         start_new_session=True,
@@ -115,7 +98,7 @@ def main() -> int:
     client = MlflowClient(STORE)
     failed = 0
     try:
-        wait_for(f"{address}/health", server)
+        wait_until_up(f"{address}/health", server, timeout=120)
         with tempfile.TemporaryDirectory() as profile:
             for link in links[: args.links]:
                 url = link["url"].replace(DEFAULT_ADDRESS, address, 1)
