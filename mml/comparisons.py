@@ -77,6 +77,11 @@ class CurveFigure:
     table: str
     panels: tuple[tuple[str, tuple[str, ...]], ...]
 
+    @property
+    def refs(self) -> list[str]:
+        """Every model ref the figure draws, panel by panel."""
+        return [ref for _, group in self.panels for ref in group]
+
 
 CURVES: tuple[CurveFigure, ...] = (
     CurveFigure(

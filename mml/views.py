@@ -115,7 +115,7 @@ def write_figures(
     out_dir = Path(out_dir)
     written, shown = [], {}
     for figure in CURVES:
-        ids = model_runs(run, [ref for _, group in figure.panels for ref in group])
+        ids = model_runs(run, figure.refs)
         curves = histories(client, ids, f"val/{metric}")
         path = out_dir / f"{figure.name}.png"
         plot_curves(figure, curves, metric, path)
@@ -143,7 +143,7 @@ def links(run: Run | None, rows: list[dict], experiment_id: str, address: str) -
         if ids:
             found.append(_link(row["name"], ids, experiment_id, address))
     for figure in CURVES:
-        ids = model_runs(run, [ref for _, group in figure.panels for ref in group])
+        ids = model_runs(run, figure.refs)
         if ids:
             found.append(_link(f"curves: {figure.title}", ids, experiment_id, address))
     return found
