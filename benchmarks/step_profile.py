@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import time
 
 import torch
 import torch.nn.functional as F
+from cache_formats import timed  # benchmarks/ is on sys.path: ms per call after a warm-up
 from torch.profiler import ProfilerActivity, profile
 
 from mml.config import load_params
@@ -48,15 +50,6 @@ def weight_grad_grouped(x, go, weight, stride, padding):
         groups=c,
     )
     return out[0, :, :k, :k].unsqueeze(1)
-
-
-def timed(fn, *args, repeats: int = 20) -> float:
-    """Milliseconds per call of fn(*args), after one warm-up call."""
-    fn(*args)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn(*args)
-    return (time.perf_counter() - start) / repeats * 1000
 
 
 def main() -> None:
@@ -125,7 +118,8 @@ def main() -> None:
     for (shape, stride, padding), (inp, weight, out_shape) in sorted(depthwise.items()):
         call = (inp, torch.randn(out_shape), weight, stride, padding)
         diff = (weight_grad_aten(*call) - weight_grad_grouped(*call)).abs().max().item()
-        ta, tg = timed(weight_grad_aten, *call), timed(weight_grad_grouped, *call)
+        ta = timed(functools.partial(weight_grad_aten, *call), repeats=20)
+        tg = timed(functools.partial(weight_grad_grouped, *call), repeats=20)
         print(f"| {shape}, {stride} | {ta:.2f} | {tg:.2f} | {diff:.1e} |")
 
 
