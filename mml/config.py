@@ -176,7 +176,7 @@ class TrainConfig(Section):
     warmup_epochs: int = Field(0, ge=0)
     clip_grad: float | None = Field(20.0, gt=0)
     val_every: int = Field(
-        2, ge=1, description="validate after every N-th epoch, and always after the last"
+        6, ge=1, description="validate after every N-th epoch, and always after the last"
     )
 
     def validates(self, epoch: int) -> bool:
@@ -246,6 +246,9 @@ class TuneConfig(Section):
         None, description="SQLAlchemy URL (shared), or a journal file path; None: optuna/<dataset>"
     )
     epochs: int | None = Field(6, ge=1, description="epochs per trial; None: the stage's own")
+    val_every: int = Field(
+        2, ge=1, description="trials validate (and may be pruned) after every N-th epoch"
+    )
     objective: Literal["first", "mean"] = Field(
         "first", description="val metric of model 0 (MML: the RGB model) or mean of the models"
     )

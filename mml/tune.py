@@ -238,6 +238,7 @@ def _study_run(client, experiment_id: str, params: Params, stage: str, name: str
         {
             "tune.seed": tune.seed,
             "tune.epochs": tune.epochs,
+            "tune.val_every": tune.val_every,
             "tune.objective": tune.objective,
             **{f"space.{k}": v.model_dump(exclude_none=True) for k, v in tune.space.items()},
         },
@@ -266,8 +267,10 @@ def _run_trial(params, stage, study, trial, metric, client, study_run, show_prog
         trial.set_user_attr("duplicate_of", duplicate.number)
         study.tell(trial, duplicate.value)
         return
-    epochs = {"train.epochs": params.tune.epochs} if params.tune.epochs else {}
-    trial_params = params.with_stage_values(stage, values | epochs, f"tune trial {trial.number}")
+    fixed = {"train.val_every": params.tune.val_every}  # the pruner needs validated epochs
+    if params.tune.epochs:
+        fixed["train.epochs"] = params.tune.epochs
+    trial_params = params.with_stage_values(stage, values | fixed, f"tune trial {trial.number}")
     out_dir = artifacts.trial_dir(params.paths.optuna, study.study_name, trial.number)
     shutil.rmtree(out_dir, ignore_errors=True)
     trainer = Trainer(trial_params, stage, show_progress=show_progress, out_dir=out_dir)

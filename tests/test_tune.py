@@ -176,6 +176,22 @@ def test_a_pruned_trial_stops_training_and_is_recorded(tune_project, monkeypatch
         assert len(client.get_metric_history(run.info.run_id, "val/top1")) == 1  # stopped
 
 
+def test_trials_validate_every_tune_val_every_epochs_whatever_the_stage_does(tune_project):
+    # the stage itself validates only after its last epoch; the pruner needs earlier ones
+    settings = ["-S", "train.val_every=6", "-S", "tune.epochs=2", "-S", "tune.val_every=1"]
+    mml("tune", "rgb_ml", "--trials", "1", *settings)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("mml-tiny")
+    (trial_run,) = client.search_runs([exp.experiment_id], "tags.`mml.trial` = '0'")
+    models = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{trial_run.info.run_id}'"
+    )
+    assert len(models) == 2
+    for run in models:
+        history = client.get_metric_history(run.info.run_id, "val/top1")
+        assert sorted(m.step for m in history) == [0, 1]
+
+
 def test_bad_tuning_config_is_a_clear_error(tune_project):
     bad_space = "tune.space={optim.lr: {low: 1, high: 2}}"
     result = runner.invoke(app, ["tune", "rgb_ml", "-S", bad_space])
