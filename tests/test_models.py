@@ -13,6 +13,7 @@ from mml.models import (
     tsm_resnet18,
     tsm_resnet101,
 )
+from mml.models.depthwise import DepthwiseConv2d, use_fast_depthwise
 from mml.models.factory import _imagenet_weights
 from mml.models.temporal_shift import TemporalShift
 
@@ -150,3 +151,42 @@ def test_init_errors_are_clear(tmp_path):
     (tmp_path / "bad" / "0.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         build_model(ModelConfig(), 4, "flow", "bad.0", checkpoints=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "n, c, size, stride, padding, kernel",
+    [(16, 48, 1, 1, 1, 3), (16, 24, 2, 1, 1, 3), (8, 16, 2, 2, 1, 3), (4, 8, 2, 2, 2, 5)],
+)
+def test_fast_depthwise_gradients_equal_aten_on_small_maps(n, c, size, stride, padding, kernel):
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(c, c, kernel, stride, padding, groups=c, bias=False).double()
+    net = torch.nn.Sequential(torch.nn.Conv2d(c, c, kernel, stride, padding, groups=c, bias=False))
+    net[0].weight = torch.nn.Parameter(ref.weight.detach().clone())
+    net = net.double()
+    assert use_fast_depthwise(net) == 1 and type(net[0]) is DepthwiseConv2d
+    assert net[0].weight.data_ptr() != ref.weight.data_ptr()
+    x_ref = torch.randn(n, c, size, size, dtype=torch.double, requires_grad=True)
+    x_new = x_ref.detach().clone().requires_grad_()
+    y_ref, y_new = ref(x_ref), net(x_new)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_new.backward(grad)
+    assert y_new.grad_fn.name().endswith("_SmallDepthwiseBackward")  # the fast path ran
+    assert torch.equal(y_ref, y_new)
+    assert torch.equal(x_ref.grad, x_new.grad)
+    assert torch.allclose(ref.weight.grad, net[0].weight.grad, rtol=0, atol=1e-12)
+
+
+def test_mobilenet_depthwise_convs_are_fast_ones_with_torchvisions_names():
+    model = tsm_mobilenet_v2(6, width_mult=0.5)
+    reference = torchvision.models.mobilenet_v2(width_mult=0.5)
+    fast = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    plain = [m for m in reference.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(fast) == len(plain) == 17
+    ours = {
+        k.removeprefix("backbone.").replace(".conv.0.layer.", ".conv.0.")
+        for k in model.state_dict()
+    }
+    assert {k for k in reference.state_dict() if k.startswith("features.")} <= ours
+    big = torch.randn(2, fast[0].in_channels, 8, 8, requires_grad=True)  # large maps: aten's path
+    assert not fast[0](big).grad_fn.name().endswith("_SmallDepthwiseBackward")

@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from mml.models.depthwise import use_fast_depthwise
 from mml.models.stem import set_in_channels
 from mml.models.temporal_shift import TemporalShift
 
@@ -186,6 +187,7 @@ def tsm_mobilenet_v2(
     for block in net.features:
         if isinstance(block, InvertedResidual) and block.use_res_connect:
             block.conv[0] = TemporalShift(block.conv[0], shift_div)
+    use_fast_depthwise(net)  # its last blocks' maps are 1x1 and 2x2 at small crops
     trunk = MobileNetTrunk(net)
     set_in_channels(trunk, in_channels)
     return TSM(trunk, net.last_channel, num_classes, dropout=dropout, partial_bn=partial_bn)
