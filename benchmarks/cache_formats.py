@@ -17,7 +17,9 @@ as today's caches do, and stores each video's fields as:
 - mml-jpeg: mml's `cache.format: jpeg` (mml.data.cache): JPEG q95 per component and chunk of 8
   fields, a chunk stored at q100 (else PNG) where JPEG strays more than `--max-error` steps
   (default: the config's); read as the loader reads
-  it (open the file, decode the chunks the clip touches).
+  it (open the file, decode the chunks the clip touches);
+- video (diff only): `cache.diff_from_video`, nothing stored: the clip's frames are decoded
+  from the video and differenced when read (mml.data.cache.VideoDiffFields).
 
 Reading a clip means T = 8 stacks of 5 consecutive fields at uniform positions; the RGB column
 is decoding that clip's 8 frames with mml's decoder (what a clip of the RGB modality costs).
@@ -39,17 +41,34 @@ import cv2
 import numpy as np
 import ssv2_like
 
-from mml.data.cache import DEFAULT_MAX_ERROR, JpegFields, encode_jpeg_fields, write_npz
+from mml.data.cache import (
+    DEFAULT_MAX_ERROR,
+    JpegFields,
+    VideoDiffFields,
+    encode_jpeg_fields,
+    write_npz,
+)
 from mml.data.flow import compute_flow, quantize_diff, quantize_flow, rgb_diff
+from mml.data.sampling import RGB_OFFSET
 from mml.data.video import num_frames, read_frames
 
 T, STACK = 8, 5
 
 
+def clip_starts(count: int) -> np.ndarray:
+    """The T positions of a uniform clip of a video with `count` fields."""
+    return np.linspace(0, count - STACK, T).round().astype(int)
+
+
 def clip_fields(count: int) -> np.ndarray:
     """The field indices of a uniform T x 5 clip of a video with `count` fields."""
-    starts = np.linspace(0, count - STACK, T).round().astype(int)
-    return np.unique((starts[:, None] + np.arange(STACK)).ravel())
+    return np.unique((clip_starts(count)[:, None] + np.arange(STACK)).ravel())
+
+
+def clip_frames(count: int) -> np.ndarray:
+    """The RGB frames of the same clip: the centre of each position's 6-frame window, as
+    mml.data.sampling reads RGB (`count` fields)."""
+    return clip_starts(count) + RGB_OFFSET
 
 
 def images(fields: np.ndarray, ext: str, params: list[int]) -> list[bytes]:
@@ -108,9 +127,9 @@ def timed(read, repeats: int = 5) -> float:
 
 
 def measure(
-    kind: str, q: np.ndarray, tmp: Path, max_error: int
+    kind: str, q: np.ndarray, tmp: Path, max_error: int, video: Path
 ) -> dict[str, tuple[float, float, str]]:
-    """{format: (bytes, ms per clip, error)} for one video's quantised fields `q`."""
+    """{format: (bytes, ms per clip, error)} for one video's quantised fields `q` (of `video`)."""
     wanted, channels, rows = clip_fields(len(q)), q.shape[-1], {}
     npy = tmp / f"{kind}.npy"
     np.save(npy, q)
@@ -147,6 +166,10 @@ def measure(
     err = np.abs(JpegFields(path)[np.arange(len(q))].astype(int) - q.astype(int))
     error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
     rows["mml-jpeg"] = (path.stat().st_size, timed(lambda: JpegFields(path)[wanted]), error)
+    if kind == "diff":
+        err = np.abs(VideoDiffFields(video)[np.arange(len(q))].astype(int) - q.astype(int))
+        error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
+        rows["video"] = (0, timed(lambda: VideoDiffFields(video)[wanted]), error)
     return rows
 
 
@@ -164,13 +187,13 @@ def main() -> None:
         data = ssv2_like.render(root / "data", 2 * args.videos)
         for path in sorted(data.glob("videos/*"))[: args.videos]:
             frames = read_frames(path, np.arange(num_frames(path)))
-            wanted = clip_fields(len(frames) - 1)[:: STACK // 2][:T]
+            wanted = clip_frames(len(frames) - 1)
             rgb_ms.append(timed(lambda path=path, w=wanted: read_frames(path, w)))
             for kind, q in (
                 ("flow", quantize_flow(compute_flow(frames, args.algorithm), 4.0)),
                 ("diff", quantize_diff(rgb_diff(frames))),
             ):
-                for fmt, row in measure(kind, q, root, args.max_error).items():
+                for fmt, row in measure(kind, q, root, args.max_error, path).items():
                     totals.setdefault((kind, fmt), []).append(row)
     print(f"\n426x240, 45 frames, {args.videos} videos, {args.algorithm} flow (bound 4 px)")
     print(f"RGB: decoding one clip's {T} frames: {np.mean(rgb_ms):.1f} ms\n")
@@ -180,9 +203,8 @@ def main() -> None:
         size = np.mean([r[0] for r in rows])
         base = np.mean([r[0] for r in totals[kind, "npy"]])
         ms = np.mean([r[1] for r in rows])
-        print(
-            f"| {kind} | {fmt} | {size / 1024:,.0f} | {base / size:.1f} | {ms:.1f} | {rows[0][2]} |"
-        )
+        smaller = f"{base / size:.1f}" if size else "no file"
+        print(f"| {kind} | {fmt} | {size / 1024:,.0f} | {smaller} | {ms:.1f} | {rows[0][2]} |")
 
 
 if __name__ == "__main__":

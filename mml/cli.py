@@ -114,7 +114,7 @@ def _build_cache(
         kind,
         algorithm=p.cache.flow_algorithm,
         bound=p.cache.flow_bound,
-        fmt=p.cache.format,
+        fmt="video" if kind == "diff" and p.cache.diff_from_video else p.cache.format,
         quality=p.cache.jpeg_quality,
         max_error=p.cache.max_error,
         workers=workers,
@@ -122,6 +122,12 @@ def _build_cache(
         shard=part,
     )
     of = "" if part is None else f" (shard {part})"
+    if kind == "diff" and p.cache.diff_from_video:
+        typer.echo(
+            f"diff cache {out}{of}: differences are computed from the videos when read "
+            f"(cache.diff_from_video); nothing stored, {report.invalidated} old files deleted"
+        )
+        return
     typer.echo(
         f"{kind} cache {out}{of}: {report.built} built, {report.skipped_existing} already cached, "
         f"{report.invalidated} invalidated, {len(report.broken)} broken ({report.seconds:.1f} s)"

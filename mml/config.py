@@ -144,6 +144,11 @@ class CacheConfig(Section):
     format: Literal["npy", "jpeg"] = Field(
         "npy", description="npy: exact; jpeg: about 15x smaller, within max_error steps"
     )
+    diff_from_video: bool = Field(
+        False,
+        description="differences are not stored: computed from each clip's decoded frames when "
+        "read (format video), exactly what a stored cache holds",
+    )
     jpeg_quality: int = Field(95, ge=50, le=100, description="format jpeg: JPEG quality")
     max_error: int = Field(
         12, ge=0, le=255, description="format jpeg: largest error in uint8 steps (checked)"

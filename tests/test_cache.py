@@ -10,13 +10,14 @@ import pytest
 
 from mml.config import ConfigError
 from mml.data.annotations import VideoRecord
-from mml.data.cache import Shard, build_cache, cache_path, open_cached
+from mml.data.cache import Shard, VideoDiffFields, build_cache, cache_path, open_cached
 from mml.data.flow import (
     compute_flow,
     dequantize_diff,
     dequantize_flow,
     quantize_diff,
     quantize_flow,
+    quantized_diff,
     rgb_diff,
 )
 from mml.data.video import num_frames, read_frames, write_video
@@ -112,6 +113,50 @@ def test_cached_diff_equals_quantised_diff_of_the_decoded_frames(videos, tmp_pat
     build_cache(videos[:1], tmp_path, "diff", workers=1, show_progress=False)
     frames = read_frames(videos[0].path, np.arange(FRAMES))
     np.testing.assert_array_equal(open_cached(tmp_path, "v0"), quantize_diff(rgb_diff(frames)))
+
+
+def test_uint8_quantized_diff_equals_the_int16_route_for_every_pair_of_values():
+    values = np.arange(256, dtype=np.uint8)
+    previous, following = np.meshgrid(values, values)  # all 65,536 pairs
+    expected = quantize_diff(rgb_diff(np.stack([previous, following])))[0]
+    np.testing.assert_array_equal(quantized_diff(previous, following), expected)
+
+
+def test_diff_format_video_reads_what_a_stored_cache_holds(tmp_path):
+    # 40 frames of moving texture: several keyframe intervals, so reads seek
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (SIZE, 4 * SIZE, 3), dtype=np.uint8)
+    frames = np.stack([texture[:, t : t + SIZE] for t in range(0, 80, 2)])
+    path = tmp_path / "long.webm"
+    write_video(path, frames, fps=12)
+    record = VideoRecord("long", path, (0,))
+    stored = build_cache([record], tmp_path / "npy", "diff", workers=1, show_progress=False)
+    assert stored.built == 1
+    report = build_cache(
+        [record], tmp_path / "video", "diff", fmt="video", workers=1, show_progress=False
+    )
+    assert (report.built, report.skipped_existing, report.broken) == (0, 0, [])
+    assert [p.name for p in (tmp_path / "video").iterdir()] == ["settings.json"]
+    cached = np.load(cache_path(tmp_path / "npy", "long"))
+    fields = open_cached(tmp_path / "video", "long", video=path)
+    assert isinstance(fields, VideoDiffFields) and len(fields) == len(cached) == 39
+    np.testing.assert_array_equal(fields[np.arange(39)], cached)
+    for _ in range(5):  # unsorted, repeated, sparse: as clips index them
+        wanted = rng.integers(0, 39, 12)
+        np.testing.assert_array_equal(fields[wanted], cached[wanted])
+    with pytest.raises(IndexError, match="out of range"):
+        fields[[39]]
+    with pytest.raises(ValueError, match="pass `video`"):
+        open_cached(tmp_path / "video", "long")
+
+
+def test_format_video_replaces_a_stored_diff_cache_and_is_for_diff_only(videos, tmp_path):
+    build_cache(videos, tmp_path, "diff", workers=1, show_progress=False)
+    report = build_cache(videos, tmp_path, "diff", fmt="video", show_progress=False)
+    assert report.invalidated == 3 and not list(tmp_path.glob("*.npy"))
+    assert json.loads((tmp_path / "settings.json").read_text())["format"] == "video"
+    with pytest.raises(ValueError, match="differences only"):
+        build_cache(videos, tmp_path / "flow", "flow", fmt="video", show_progress=False)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from videos import decode_index_pattern, index_pattern_frames
 
 from mml.config import ClipConfig
 from mml.data.annotations import Annotations, VideoRecord
+from mml.data.cache import build_cache
 from mml.data.dataset import VideoClips, to_input
 from mml.data.sampling import ViewPlan
 from mml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -225,3 +226,22 @@ def test_batches_over_the_budget_or_from_an_unfinished_pass_are_not_kept():
     next(iter(kept))  # a pass abandoned after one batch
     assert len(list(kept)) == 3 and len(list(kept)) == 3
     assert len(made) == 2  # the abandoned pass and the first complete one
+
+
+def test_diff_clips_read_from_the_video_equal_those_of_a_stored_cache(tmp_path):
+    ann, caches = make_video(tmp_path, frames=40)
+    video_caches = {"diff": tmp_path / "diff-video"}
+    records = list(ann.records)
+    build_cache(records, caches["diff"], "diff", workers=1, show_progress=False)  # real diffs
+    build_cache(records, video_caches["diff"], "diff", fmt="video", show_progress=False)
+    config = ClipConfig(segments=4, scale_size=32, crop_size=24)
+    for train, views in ((True, ViewPlan(1, 2)), (False, ViewPlan(1, 2))):
+        stored, computed = (
+            VideoClips(ann, config, train=train, views=views, modalities=("diff", "rgb"), caches=c)
+            for c in (caches, video_caches)
+        )
+        for epoch in range(3):
+            stored.set_epoch(epoch)
+            computed.set_epoch(epoch)
+            a, b = stored[0], computed[0]
+            assert torch.equal(a["diff"], b["diff"]) and torch.equal(a["rgb"], b["rgb"])

@@ -187,3 +187,28 @@ def test_cache_shards_from_the_cli_build_the_whole_cache_together(project):
     assert f"0 built, {sum(built)} already cached, 0 invalidated" in again
     result = runner.invoke(app, ["data", "diff", "--shard", "2/2"])
     assert result.exit_code != 0 and "0 <= K < N" in result.output
+
+
+def test_a_diff_stage_trains_the_same_models_from_the_videos_as_from_a_stored_cache(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    params["stages"]["diff_ce"] = {"method": "ce", "models": [{"modality": "diff"}]}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    cache = project / "data/cache/tiny/diff"
+
+    def trained() -> tuple[dict, float]:
+        state = torch.load(project / "checkpoints/diff_ce/0.pt", weights_only=True)
+        metrics = read_stage_metrics(project / "metrics/diff_ce.json")
+        return state["state_dict"], metrics.models[0].scores["top1"]
+
+    assert "0 broken" in mml("data", "diff")
+    mml("train", "diff_ce", "--evaluate")
+    stored_model, stored_top1 = trained()
+    out = mml("data", "diff", "-S", "cache.diff_from_video=true")
+    assert "computed from the videos when read" in out and "nothing stored" in out
+    assert [p.name for p in cache.iterdir()] == ["settings.json"]
+    mml("train", "diff_ce", "--restart", "--evaluate")
+    video_model, video_top1 = trained()
+    assert video_top1 == stored_top1
+    assert stored_model.keys() == video_model.keys()
+    assert all(torch.equal(stored_model[k], video_model[k]) for k in stored_model)

@@ -5,6 +5,10 @@ Layout of a cache directory::
     settings.json      what the files hold (kind, flow algorithm and bound, file format, version)
     <video id>.npy     format npy: flow (F-1, H, W, 2) uint8 (mml.data.flow.quantize_flow),
                        diff (F-1, H, W, 3) uint8 (mml.data.flow.quantize_diff)
+    (nothing else)     format video, differences only: each clip's differences are computed
+                       from its video's decoded frames when it is read (TSN's RGBDiff does
+                       the same), exactly as a stored cache would hold them
+                       (:class:`VideoDiffFields`); no bytes, no build
     <video id>.npz     format jpeg: the same array as greyscale JPEG images, one per
                        component (flow x, y; diff R, G, B) and chunk of CHUNK fields stacked
                        top to bottom (each field padded to a multiple of 8 rows, so no JPEG
@@ -48,15 +52,23 @@ import numpy as np
 
 from mml.config import CacheConfig, ConfigError
 from mml.data.annotations import VideoRecord
-from mml.data.flow import ALGORITHMS, compute_flow, quantize_diff, quantize_flow, rgb_diff
+from mml.data.flow import (
+    ALGORITHMS,
+    compute_flow,
+    quantize_diff,
+    quantize_flow,
+    quantized_diff,
+    rgb_diff,
+)
 from mml.data.video import VideoDecodeError, num_frames, read_frames
 from mml.fsio import atomic_write, atomic_write_text, remove_temp_files
 from mml.progress import progress_bar
 from mml.workers import run_parallel
 
 CacheKind = Literal["flow", "diff"]
-CacheFormat = Literal["npy", "jpeg"]
-SUFFIX = {"npy": ".npy", "jpeg": ".npz"}
+CacheFormat = Literal["npy", "jpeg", "video"]
+SUFFIX = {"npy": ".npy", "jpeg": ".npz"}  # format video stores no file per video
+FORMATS: tuple[str, ...] = ("npy", "jpeg", "video")
 CHUNK = 8  # fields per JPEG image: a clip decodes only the chunks it touches
 # the config's defaults (one set of defaults: params.yaml = mml.config = these)
 DEFAULT_ALGORITHM: str = CacheConfig.model_fields["flow_algorithm"].default
@@ -105,9 +117,10 @@ class Shard:
 
 
 def cache_path(cache_dir: Path, video_id: str, fmt: CacheFormat | None = None) -> Path:
-    """The cache file of one video (`fmt`: the directory's own format, from settings.json)."""
+    """The cache file of one video (`fmt`: the directory's own format, from settings.json;
+    format video has none: the directory's settings.json stands for every video)."""
     fmt = fmt or file_format(cache_dir)
-    return Path(cache_dir) / f"{video_id}{SUFFIX[fmt]}"
+    return Path(cache_dir) / (f"{video_id}{SUFFIX[fmt]}" if fmt in SUFFIX else SETTINGS_FILE)
 
 
 def file_format(cache_dir: Path) -> CacheFormat:
@@ -117,15 +130,22 @@ def file_format(cache_dir: Path) -> CacheFormat:
     except (OSError, ValueError):
         return "npy"
     fmt = settings.get("format", "npy") if isinstance(settings, dict) else "npy"
-    if fmt not in SUFFIX:
+    if fmt not in FORMATS:
         raise ValueError(f"{cache_dir}/{SETTINGS_FILE}: unknown cache format {fmt!r}")
     return fmt
 
 
-def open_cached(cache_dir: Path, video_id: str, fmt: CacheFormat | None = None):
+def open_cached(
+    cache_dir: Path, video_id: str, fmt: CacheFormat | None = None, video: Path | None = None
+):
     """The cached fields of one video: ``len()`` of them, and ``fields[indices]`` as
-    (len(indices), H, W, C) uint8. npy: memory-mapped; jpeg: :class:`JpegFields`."""
+    (len(indices), H, W, C) uint8. npy: memory-mapped; jpeg: :class:`JpegFields`; video:
+    :class:`VideoDiffFields` of `video` (the video file itself)."""
     fmt = fmt or file_format(cache_dir)
+    if fmt == "video":
+        if video is None:
+            raise ValueError(f"{cache_dir}: differences are read from the videos; pass `video`")
+        return VideoDiffFields(video)
     path = cache_path(cache_dir, video_id, fmt)
     if fmt == "npy":
         return np.load(path, mmap_mode="r")
@@ -186,6 +206,35 @@ class JpegFields:
         return self._chunks[c]
 
 
+class VideoDiffFields:
+    """The differences of one video, computed from its decoded frames when indexed: field f is
+    ``quantize_diff(frame[f + 1] - frame[f])``, byte for byte what a stored diff cache holds
+    (both decode the same frames). Decodes only the frames the indexed fields need."""
+
+    def __init__(self, video: Path) -> None:
+        self.path = Path(video)
+        frames = num_frames(self.path)  # VideoDecodeError: the video is broken
+        if frames < 2:
+            raise CacheFileError(f"{self.path}: has {frames} frame(s); differences need 2")
+        self.count = frames - 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, indices) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.ndim != 1 or (
+            indices.size and not (0 <= indices.min() <= indices.max() < self.count)
+        ):
+            raise IndexError(f"{self.path}: field indices out of range 0..{self.count - 1}")
+        fields = np.unique(indices)
+        frame_ids = np.union1d(fields, fields + 1)
+        frames = read_frames(self.path, frame_ids)
+        previous = frames[np.searchsorted(frame_ids, fields)]
+        following = frames[np.searchsorted(frame_ids, fields + 1)]
+        return quantized_diff(previous, following)[np.searchsorted(fields, indices)]
+
+
 def _padded(height: int) -> int:
     return -(-height // 8) * 8
 
@@ -231,8 +280,15 @@ def cache_settings(
     """The settings that determine a cache's bytes (flow options do not apply to diff; JPEG
     options only to format jpeg, whose settings alone name the format: an npy cache's
     settings.json is as it always was)."""
-    if fmt not in SUFFIX:
-        raise ValueError(f"unknown cache format {fmt!r}; choose one of {list(SUFFIX)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown cache format {fmt!r}; choose one of {list(FORMATS)}")
+    if fmt == "video":
+        if kind != "diff":
+            raise ValueError(
+                f"format video (computed when read) is for differences only, not {kind!r}: "
+                "flow takes too long to compute per clip; use npy or jpeg"
+            )
+        return {"format_version": FORMAT_VERSION, "kind": "diff", "format": "video"}
     jpeg = (
         {"format": "jpeg", "jpeg_quality": int(quality), "max_error": int(max_error)}
         if fmt == "jpeg"
@@ -279,6 +335,8 @@ def build_cache(
     cache_dir = Path(cache_dir)
     settings = cache_settings(kind, algorithm, bound, fmt, quality, max_error)
     _check_unique_ids(records)
+    if fmt == "video":  # nothing is stored per video: settings.json says where diffs come from
+        records = []
     if shard is None:
         report = CacheReport(invalidated=_prepare_dir(cache_dir, settings))
     else:

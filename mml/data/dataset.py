@@ -156,7 +156,7 @@ class VideoClips(Dataset):
         fmt = self._formats[modality]
         path = cache_path(cache, record.id, fmt)
         try:
-            fields = open_cached(cache, record.id, fmt)  # (F-1, H, W, 2|3) uint8
+            fields = open_cached(cache, record.id, fmt, record.path)  # (F-1, H, W, 2|3) uint8
             return stack_fields(lambda i: np.asarray(fields[i]), len(fields), plan, modality)
         except (OSError, ValueError) as err:  # missing, truncated, or not decoding (CacheFileError)
             hint = f"run `mml data {modality}`"

@@ -82,6 +82,19 @@ def quantize_diff(d: np.ndarray) -> np.ndarray:
     return np.clip((d.astype(np.int16) + 255) // 2, 0, 255).astype(np.uint8)
 
 
+def quantized_diff(previous: np.ndarray, following: np.ndarray) -> np.ndarray:
+    """``quantize_diff(following - previous)`` of uint8 frames, exactly, without widening:
+    ``(a - b + 255) // 2`` is the floor of the mean of a and ``255 - b`` (= ``~b``), and
+    ``floor((x + y) / 2) = (x & y) + ((x ^ y) >> 1)`` stays within uint8. About 4x faster than
+    the int16 route on full frames (it is what reading differences from a video costs)."""
+    a = np.asarray(following, dtype=np.uint8)
+    b = np.bitwise_not(np.asarray(previous, dtype=np.uint8))
+    out = np.bitwise_xor(a, b)
+    np.right_shift(out, 1, out=out)
+    out += np.bitwise_and(a, b, out=b)
+    return out
+
+
 def dequantize_diff(q: np.ndarray) -> np.ndarray:
     """uint8 from :func:`quantize_diff` -> float32 in [-1, 1], i.e. ``(2 q - 255) / 255``."""
     return (2.0 * q.astype(np.float32) - 255.0) / np.float32(255.0)
