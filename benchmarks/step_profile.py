@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mml.config import load_params
 from mml.models import build_model
+from mml.models.depthwise import grouped_weight_grad
 
 
 def weight_grad_aten(x, go, weight, stride, padding):
@@ -39,17 +40,8 @@ def weight_grad_aten(x, go, weight, stride, padding):
 
 
 def weight_grad_grouped(x, go, weight, stride, padding):
-    """dW[c] = correlate(x[:, c], go[:, c]) summed over the batch: one conv, groups = C."""
-    n, c, h, w = x.shape
-    k = weight.shape[-1]
-    out = F.conv2d(
-        x.transpose(0, 1).reshape(1, c * n, h, w),
-        go.transpose(0, 1),
-        padding=padding,
-        dilation=stride,
-        groups=c,
-    )
-    return out[0, :, :k, :k].unsqueeze(1)
+    """The same gradient as one grouped conv (what mml.models.depthwise computes)."""
+    return grouped_weight_grad(x, go, weight.shape[-2:], [stride] * 2, [padding] * 2)
 
 
 def main() -> None:

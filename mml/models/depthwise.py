@@ -38,18 +38,23 @@ class _SmallDepthwise(torch.autograd.Function):
                 [True, False, False],
             )[0]  # fmt: skip
         if ctx.needs_input_grad[1]:
-            # dW[c] = sum over the batch of x[:, c] correlated with grad[:, c]: batch and channels
-            # swap places, the forward stride becomes the dilation, one conv with groups = C.
-            n, c, h, w = x.shape
-            kh, kw = weight.shape[-2:]
-            grad_w = F.conv2d(
-                x.transpose(0, 1).reshape(1, c * n, h, w),
-                grad.transpose(0, 1),
-                padding=padding,
-                dilation=stride,
-                groups=c,
-            )[0, :, :kh, :kw].unsqueeze(1)
+            grad_w = grouped_weight_grad(x, grad, weight.shape[-2:], stride, padding)
         return grad_x, grad_w, None, None
+
+
+def grouped_weight_grad(x, grad, kernel_size, stride, padding) -> torch.Tensor:
+    """The weight gradient of a depthwise conv, (C, 1, kh, kw), as one grouped convolution:
+    dW[c] = sum over the batch of x[:, c] correlated with grad[:, c]. Batch and channels swap
+    places and the forward stride becomes the dilation."""
+    n, c, h, w = x.shape
+    kh, kw = kernel_size
+    return F.conv2d(
+        x.transpose(0, 1).reshape(1, c * n, h, w),
+        grad.transpose(0, 1),
+        padding=padding,
+        dilation=stride,
+        groups=c,
+    )[0, :, :kh, :kw].unsqueeze(1)
 
 
 class DepthwiseConv2d(nn.Conv2d):
