@@ -118,6 +118,12 @@ def decode_video(path: Path, wanted: np.ndarray, channels: int) -> np.ndarray:
     return np.stack(out)
 
 
+def error_text(read: np.ndarray, exact: np.ndarray) -> str:
+    """How far the fields read back stray from the exact ones, in quantisation steps."""
+    err = np.abs(read.astype(int) - exact.astype(int))
+    return "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
+
+
 def timed(read, repeats: int = 5) -> float:
     read()
     start = time.perf_counter()
@@ -145,9 +151,8 @@ def measure(
     for name, codec, options in (("ffv1", "ffv1", {}),):
         path = tmp / f"{kind}-{name}.mkv"
         encode_video(path, q, codec, options)
-        back = decode_video(path, np.arange(len(q)), channels).astype(int)
-        err = np.abs(back - q.astype(int))
-        error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
+        back = decode_video(path, np.arange(len(q)), channels)
+        error = error_text(back, q)
         ms = timed(lambda path=path: decode_video(path, wanted, channels))
         rows[name] = (path.stat().st_size, ms, error)
     for name, ext, params in (
@@ -156,19 +161,16 @@ def measure(
         ("jpeg-95", ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]),
     ):
         blobs = images(q, ext, params)
-        back = decode_images(blobs, np.arange(len(q)), channels).astype(int)
-        err = np.abs(back - q.astype(int))
-        error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
+        back = decode_images(blobs, np.arange(len(q)), channels)
+        error = error_text(back, q)
         ms = timed(lambda blobs=blobs: decode_images(blobs, wanted, channels))
         rows[name] = (sum(map(len, blobs)), ms, error)
     path = tmp / f"{kind}-mml.npz"
     write_npz(path, encode_jpeg_fields(q, quality=95, max_error=max_error))
-    err = np.abs(JpegFields(path)[np.arange(len(q))].astype(int) - q.astype(int))
-    error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
+    error = error_text(JpegFields(path)[np.arange(len(q))], q)
     rows["mml-jpeg"] = (path.stat().st_size, timed(lambda: JpegFields(path)[wanted]), error)
     if kind == "diff":
-        err = np.abs(VideoDiffFields(video)[np.arange(len(q))].astype(int) - q.astype(int))
-        error = "0" if not err.any() else f"max {err.max()}, mean {err.mean():.2f}"
+        error = error_text(VideoDiffFields(video)[np.arange(len(q))], q)
         rows["video"] = (0, timed(lambda: VideoDiffFields(video)[wanted]), error)
     return rows
 

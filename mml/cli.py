@@ -108,13 +108,14 @@ def _build_cache(
     p = _params(params, overrides)
     records = [r for split in ("train", "val") for r in load_split(p.dataset, split).records]
     out = cache_dir(p.cache.root, p.dataset.name, kind)
+    fmt = "video" if kind == "diff" and p.cache.diff_from_video else p.cache.format
     report = build_cache(
         records,
         out,
         kind,
         algorithm=p.cache.flow_algorithm,
         bound=p.cache.flow_bound,
-        fmt="video" if kind == "diff" and p.cache.diff_from_video else p.cache.format,
+        fmt=fmt,
         quality=p.cache.jpeg_quality,
         max_error=p.cache.max_error,
         workers=workers,
@@ -122,7 +123,7 @@ def _build_cache(
         shard=part,
     )
     of = "" if part is None else f" (shard {part})"
-    if kind == "diff" and p.cache.diff_from_video:
+    if fmt == "video":
         typer.echo(
             f"diff cache {out}{of}: differences are computed from the videos when read "
             f"(cache.diff_from_video); nothing stored, {report.invalidated} old files deleted"

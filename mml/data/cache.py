@@ -52,14 +52,7 @@ import numpy as np
 
 from mml.config import CacheConfig, ConfigError
 from mml.data.annotations import VideoRecord
-from mml.data.flow import (
-    ALGORITHMS,
-    compute_flow,
-    quantize_diff,
-    quantize_flow,
-    quantized_diff,
-    rgb_diff,
-)
+from mml.data.flow import ALGORITHMS, compute_flow, quantize_flow, quantized_diff
 from mml.data.video import VideoDecodeError, num_frames, read_frames
 from mml.fsio import atomic_write, atomic_write_text, remove_temp_files
 from mml.progress import progress_bar
@@ -458,7 +451,7 @@ def _build_one(task: tuple[str, str, str, str, float, str, int, int]) -> str | N
     if kind == "flow":
         array = quantize_flow(compute_flow(frames, algorithm), bound)
     else:
-        array = quantize_diff(rgb_diff(frames))
+        array = quantized_diff(frames[:-1], frames[1:])
     if fmt == "jpeg":
         members = encode_jpeg_fields(array, quality, max_error)
         atomic_write(Path(out), lambda tmp: write_npz(tmp, members))

@@ -25,7 +25,7 @@ import torch
 from mml.config import ClipConfig
 from mml.data import sampling, transforms
 from mml.data.dataset import clip_positions, stack_fields, to_input
-from mml.data.flow import compute_flow, quantize_diff, quantize_flow, rgb_diff
+from mml.data.flow import compute_flow, quantize_flow, quantized_diff
 from mml.data.video import VideoSource, probe, read_frames
 
 
@@ -118,7 +118,7 @@ def _motion_stacks(
         if modality == "flow":
             fields[f] = quantize_flow(compute_flow(pair, algorithm), bound)[0]
         else:
-            fields[f] = quantize_diff(rgb_diff(pair))[0]
+            fields[f] = quantized_diff(pair[0], pair[1])
     return stack_fields(
         lambda idx: np.stack([fields[int(i)] for i in idx]), num_fields, plan, modality
     )
