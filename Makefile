@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# dvc.yaml's stages call `mml`: the venv's bin goes first on PATH.
+# `dvc repro` with independent stages two at a time (mml/repro.py); `dvc repro` after it finds
+# nothing to do. The stages call `mml`: `mml repro` puts the venv's bin first on their PATH.
 run: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	$(BIN)/mml repro --jobs 2
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -444,6 +444,30 @@ def report(
     _run(action)
 
 
+@app.command("repro")
+def repro(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="stages or foreach groups to bring up to date [default: all]"),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="stages running at once")] = 2,
+) -> None:
+    """`dvc repro` with independent stages side by side: one `dvc repro --single-item` per
+    stage, started when the stages it depends on are done, JOBS at a time (mml.repro)."""
+
+    def action() -> None:
+        from mml.repro import run_pipeline
+
+        runs = run_pipeline(Path.cwd(), targets or (), jobs, echo=typer.echo)
+        ran = [r for r in runs if r.ran]
+        typer.echo(
+            f"{len(ran)} stage(s) ran, {len(runs) - len(ran)} unchanged "
+            f"({sum(r.seconds for r in ran):.0f} s of stage time, {jobs} at a time)"
+        )
+
+    _run(action)
+
+
 @app.command("promote")
 def promote(
     force: Annotated[bool, typer.Option(help="move the alias even if not better")] = False,

@@ -117,7 +117,7 @@ def repos(tmp_path_factory) -> dict[str, Path]:
     tiny_params(default / "params.yaml")
     commit(default, "tiny")
     clones = {"default": default}
-    jobs = {"default": (default, ["dvc", "repro"])}
+    jobs = {"default": (default, ["mml", "repro", "--jobs", "2"])}  # as `make run`
     for dataset in ("ssv2", "charades"):
         clones[dataset] = stand_in(tmp_path_factory.mktemp(dataset), dataset)
         # each is a DVC sub-repository (pipelines/README.md): its commands run inside it
