@@ -84,6 +84,7 @@ def main() -> None:
         broken = break_videos([r.path for r in ann.records], args.broken, seed=5)
         clip = ClipConfig(segments=4, scale_size=32, crop_size=28)
         clips = VideoClips(ann, clip, train=True, seed=0)
+        clips.keep_decoded(0)  # every epoch decodes, as at a dataset's real size: that is the soak
         loader_cfg = LoaderConfig(batch_size=args.batch, workers=args.workers)
         print(
             f"{len(ann.records)} videos, {len(broken)} broken; loader: batch {args.batch}, "

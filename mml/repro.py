@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dvc.exceptions import DvcException
+from dvc.repo import Repo
+
 from mml.errors import UserError
 
 
@@ -42,9 +45,6 @@ class StageRun:
 
 def stage_graph(root: Path) -> dict[str, set[str]]:
     """Every stage of the DVC project at `root` -> the stages whose outputs it depends on."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
     try:
         with Repo(os.fspath(root)) as repo:
             graph = repo.index.graph

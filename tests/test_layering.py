@@ -17,7 +17,7 @@ LAYERS = [
     {"inference", "stage_setup", "stage_files", "ensemble"},
     {"train", "evaluate", "predictor", "runs"},
     {"tune", "registry", "serving", "comparisons"},
-    {"report", "views"},
+    {"report", "views", "repro"},
     {"cli", "__main__"},
 ]
 

@@ -246,3 +246,49 @@ def test_probe_all_memoises_every_readable_video_from_worker_processes(tmp_path,
     assert video.probe_all(paths, workers=2) == 3
     with pytest.raises(AssertionError, match="broken.webm demuxed again"):
         probe(broken)  # not memoised: its reader probes (and reports) it
+
+
+def test_kept_videos_read_the_same_frames_without_decoding(pattern_video, tmp_path, monkeypatch):
+    from mml.data import video
+
+    monkeypatch.setattr(video, "_DECODED", {})
+    rng = np.random.default_rng(0)
+    requests = [list(range(NUM)), [NUM - 1, 0, 3, 3], *(rng.integers(0, NUM, 8) for _ in range(20))]
+    decoded = [read_frames(pattern_video, r) for r in requests]
+    broken = tmp_path / "broken.webm"
+    broken.write_bytes(b"not a video")
+    assert video.keep_decoded([pattern_video, broken], budget=NUM * SIZE * SIZE * 3)
+    assert list(video._DECODED) == [video._probe_key(pattern_video)]  # the broken file left out
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(video, "_read_with_decord", no_decoding)
+    monkeypatch.setattr(video, "_decode_sequentially", no_decoding)
+    for r, expected in zip(requests, decoded, strict=True):
+        frames = read_frames(pattern_video, r)
+        np.testing.assert_array_equal(frames, expected)
+        frames[:] = 0  # a copy: the kept frames stay as decoded
+    np.testing.assert_array_equal(read_frames(pattern_video, requests[0]), decoded[0])
+    with pytest.raises(ValueError, match="out of range"):
+        read_frames(pattern_video, [NUM])
+    with pytest.raises(VideoDecodeError):
+        read_frames(broken, [0])  # still reported by its reader
+
+
+def test_keep_decoded_is_all_or_nothing_and_follows_file_changes(tmp_path, monkeypatch):
+    from mml.data import video
+
+    monkeypatch.setattr(video, "_DECODED", {})
+    paths = []
+    for n in (5, 7):
+        paths.append(tmp_path / f"v{n}.webm")
+        write_video(paths[-1], index_pattern_frames(n, 32, 32), fps=10.0)
+    size = 32 * 32 * 3
+    assert not video.keep_decoded(paths, budget=12 * size - 1)  # one byte short: none kept
+    assert video._DECODED == {}
+    assert video.keep_decoded(paths, budget=12 * size)
+    assert video.keep_decoded(paths, budget=12 * size)  # already held: nothing more needed
+    # a file rewritten in place is a new file: read from disk, not from the memo
+    write_video(paths[0], index_pattern_frames(6, 32, 32), fps=10.0)
+    assert _indices_of(read_frames(paths[0], [5])) == [5]

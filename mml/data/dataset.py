@@ -24,7 +24,7 @@ from mml.data import sampling, transforms
 from mml.data.annotations import Annotations, VideoRecord, read_charades, read_csv, read_ssv2
 from mml.data.cache import cache_path, file_format, open_cached
 from mml.data.sharding import ShardedBatches, shard_indices
-from mml.data.video import VideoDecodeError, num_frames, probe_all, read_frames
+from mml.data.video import VideoDecodeError, keep_decoded, num_frames, probe_all, read_frames
 from mml.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 RGB_MEAN_STD = (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 FLOW_MEAN_STD = ((0.5,), (0.226,))  # the authors' constants, on [0, 1]
 CACHED = ("flow", "diff")  # modalities read from per-video caches (mml/data/cache.py)
+# A dataset whose decoded frames fit in this many bytes (with what this process holds already)
+# is decoded once per process and read from memory (video.keep_decoded): the synthetic
+# default's 288 training videos are about 25 MB, Something-Something v2's are terabytes.
+KEEP_DECODED_BYTES = 1 << 30
 
 
 def cache_dir(root: Path, dataset: str, kind: str) -> Path:
@@ -97,6 +101,7 @@ class VideoClips(Dataset):
         self.modalities = tuple(modalities)
         self.epoch = 0
         self._probed = False
+        self._kept: bool | None = None  # keep_decoded's decision
         self._formats: dict[str, str] = {}  # cache file format per modality (its settings.json)
 
     def probe_videos(self, workers: int = 0) -> None:
@@ -107,6 +112,24 @@ class VideoClips(Dataset):
         if not self._probed:
             probe_all([record.path for record in self.records], workers)
             self._probed = True
+
+    def keep_decoded(self, budget: int = KEEP_DECODED_BYTES) -> bool:
+        """Decode this dataset's videos once into this process's memo if they fit in `budget`
+        (`video.keep_decoded`); the loader workers forked from it each epoch decode nothing.
+        Only when a modality is read from the videos: RGB, or differences without a cache."""
+        if self._kept is None:  # decided once: the videos and the budget do not change
+            reads_video = any(self._reads_video(m) for m in self.modalities)
+            paths = [record.path for record in self.records]
+            self._kept = reads_video and keep_decoded(paths, budget)
+        return self._kept
+
+    def _reads_video(self, modality: str) -> bool:
+        if modality == "rgb":
+            return True
+        try:
+            return self._format(modality) == "video"
+        except CacheError:  # reported per video when read
+            return False
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random stream of `epoch` (call before iterating a new epoch)."""
@@ -148,12 +171,7 @@ class VideoClips(Dataset):
             frames = read_frames(record.path, indices.reshape(-1))
             return frames.reshape(*plan.shape, *frames.shape[1:])
         cache = self.caches[modality]
-        if modality not in self._formats:
-            try:
-                self._formats[modality] = file_format(cache)
-            except ValueError as err:
-                raise CacheError(f"{modality} cache {cache}: {err}") from None
-        fmt = self._formats[modality]
+        fmt = self._format(modality)
         path = cache_path(cache, record.id, fmt)
         try:
             fields = open_cached(cache, record.id, fmt, record.path)  # (F-1, H, W, 2|3) uint8
@@ -161,6 +179,16 @@ class VideoClips(Dataset):
         except (OSError, ValueError) as err:  # missing, truncated, or not decoding (CacheFileError)
             hint = f"run `mml data {modality}`"
             raise CacheError(f"{modality} cache {path}: {err} ({hint})") from None
+
+    def _format(self, modality: str) -> str:
+        """The file format of `modality`'s cache (its settings.json), read once."""
+        if modality not in self._formats:
+            cache = self.caches[modality]
+            try:
+                self._formats[modality] = file_format(cache)
+            except ValueError as err:
+                raise CacheError(f"{modality} cache {cache}: {err}") from None
+        return self._formats[modality]
 
     def _crop(self, h: int, w: int, rng: np.random.Generator) -> transforms.Crop:
         c = self.clip
@@ -272,6 +300,7 @@ def make_loader(
     dataset.set_epoch(epoch)
     if loader.workers:
         dataset.probe_videos(loader.workers)
+    dataset.keep_decoded()
     batch_size = batch_size or loader.batch_size
     common = dict(
         num_workers=loader.workers,

@@ -239,6 +239,41 @@ def probe_all(paths: Sequence[Path], workers: int = 0) -> int:
     return sum(key in _PROBES for key in keys.values())
 
 
+_DECODED: dict[tuple[str, int, int], np.ndarray] = {}  # probe key -> every frame, (N, H, W, 3)
+
+
+def keep_decoded(paths: Sequence[Path], budget: int) -> bool:
+    """Decode the videos of `paths` whole, once, into this process's memo if, with what it
+    already holds, their frames fit in `budget` bytes; :func:`read_frames` then indexes the memo
+    instead of decoding. Returns whether they are kept.
+
+    For a dataset that is small next to memory and read many times: a training stage's loader
+    workers, forked from this process every epoch, inherit the memo and decode nothing. All or
+    nothing: a dataset that does not fit keeps no video (keeping a part would only cost a pass
+    over it). The frames are what :func:`read_frames` returns (it decodes them here), so a model
+    sees the same pixels. Files that cannot be read are left out: their reader reports them.
+    """
+    sizes: dict[Path, int] = {}
+    for path in map(Path, paths):
+        try:
+            info = probe(path)
+        except VideoDecodeError:
+            continue
+        if _probe_key(path) not in _DECODED:
+            sizes[path] = info.num_frames * info.height * info.width * 3
+    held = sum(frames.nbytes for frames in _DECODED.values())
+    if held + sum(sizes.values()) > budget:
+        return False
+    for path in sizes:
+        try:
+            frames = read_frames(path, np.arange(probe(path).num_frames))
+        except VideoDecodeError:
+            continue
+        frames.setflags(write=False)
+        _DECODED[_probe_key(path)] = frames
+    return True
+
+
 def _memo_key(path: Path) -> tuple[str, int, int] | None:
     try:
         return _probe_key(path)
@@ -321,7 +356,8 @@ def _source(path: Path | VideoBytes) -> str | io.BytesIO:
 def read_frames(path: VideoSource, indices: np.ndarray | Sequence[int]) -> np.ndarray:
     """Frames ``indices`` of the video, as (len(indices), H, W, 3) uint8 RGB, in that order.
 
-    Indices may be unsorted and repeated. decord decodes them unless :func:`probe` found a
+    Indices may be unsorted and repeated. A video kept by :func:`keep_decoded` is indexed, not
+    decoded. Otherwise decord decodes them unless :func:`probe` found a
     reason it would return wrong frames; then (or if decord fails) one sequential PyAV decode
     does (module docstring). Out-of-range indices raise ``ValueError``; unreadable files raise
     :class:`VideoDecodeError`.
@@ -329,6 +365,10 @@ def read_frames(path: VideoSource, indices: np.ndarray | Sequence[int]) -> np.nd
     path, wanted, info = _checked_request(path, indices)
     if not len(wanted):
         return np.empty((0, info.height, info.width, 3), np.uint8)
+    if _DECODED and isinstance(path, Path):
+        kept = _DECODED.get(_probe_key(path))
+        if kept is not None:
+            return kept[wanted]  # a copy (integer indexing)
     if info.decord_issue is None:
         frames = _read_with_decord(path, wanted, info.num_frames)
         if frames is not None:
