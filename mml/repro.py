@@ -17,7 +17,9 @@ takes its thread count from `compute.threads`, not from what else is running).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +32,8 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 
 from mml.errors import UserError
+
+STOP_SECONDS = 60  # after a Ctrl-C, how long a stage may take to stop before it is killed
 
 
 @dataclass
@@ -162,6 +166,7 @@ def run_pipeline(
                     stderr=subprocess.STDOUT,
                     text=True,
                     bufsize=1,
+                    start_new_session=True,  # its own process group: see the interruption below
                 )
                 thread = threading.Thread(target=relay, args=(run, proc.stdout), daemon=True)
                 thread.start()
@@ -185,15 +190,27 @@ def run_pipeline(
                 with lock:
                     echo(f"[{name}] failed (exit {proc.returncode}): no new stage starts")
     finally:
-        for proc, _, _ in running.values():  # interrupted: stop what runs; it resumes next time
-            proc.terminate()
+        # Interrupted (Ctrl-C reaches this process only): each running stage gets the SIGINT a
+        # terminal would have sent it, in its whole process group (dvc and the stage's command),
+        # so training saves nothing half-written and resumes from last.pt next time.
         for proc, _, _ in running.values():
-            proc.wait()
+            _signal_group(proc, signal.SIGINT)
+        for proc, _, _ in running.values():
+            try:
+                proc.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
     if failed:
         names = ", ".join(run.name for run in failed)
         skipped = ", ".join(sorted(waiting)) or "none"
         raise UserError(f"failed: {names} (their output is above); not started: {skipped}")
     return finished
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
 
 
 def _wait_any(running: dict[str, tuple[subprocess.Popen, threading.Thread, float]]) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,17 +34,20 @@ def test_upstream_closure_and_chain_lengths():
 
 
 STAGE = (
-    "import json, sys, time; start = time.time(); time.sleep({sleep}); "
+    "import json, os, sys, time; start = time.time(); "
+    "open('{name}.pid', 'w').write(str(os.getpid())); time.sleep({sleep}); "
     "sys.exit(3) if {fail} else None; "
     "json.dump([start, time.time()], open('{name}.json', 'w'))"
 )
 
 
-def project(root: Path, fail: str = "") -> Path:
-    """A real DVC project (no git) whose stages sleep, then write <name>.json."""
+def project(root: Path, fail: str = "", slow: str = "") -> Path:
+    """A real DVC project (no git) whose stages sleep, then write <name>.json; stage `slow`
+    sleeps as many seconds as slow.txt says (not a dependency: DVC does not see it change)."""
     stages = {}
     for name, ups in GRAPH.items():
-        code = STAGE.format(sleep=1.5, fail=name == fail, name=name)
+        sleep = "float(open('slow.txt').read())" if name == slow else 1.5
+        code = STAGE.format(sleep=sleep, fail=name == fail, name=name)
         stages[name] = {
             "cmd": f'"{sys.executable}" -c "{code}"',
             "deps": [f"{up}.json" for up in sorted(ups)] or ["seed.txt"],
@@ -109,3 +114,34 @@ def test_a_failed_stage_stops_what_depends_on_it_and_is_named(tmp_path):
     assert "d" in re.findall(r"[\w@]+", result.stderr.split("not started:")[1]), result.stderr
     assert not (root / "d.json").exists()
     assert (root / "a.json").exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_stops_its_stages_and_resumes(tmp_path):
+    root = project(tmp_path / "p", slow="b")
+    (root / "slow.txt").write_text("120")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    repro = subprocess.Popen(
+        [BIN / "mml", "repro", "--jobs", "2"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (root / "b.pid").exists():  # b is running (and sleeping)
+        assert time.monotonic() < deadline and repro.poll() is None, repro.communicate()[0]
+        time.sleep(0.1)
+    repro.send_signal(signal.SIGINT)  # Ctrl-C, to `mml repro` alone
+    out = repro.communicate(timeout=60)[0]
+    assert repro.returncode == 130, out
+    assert "run the same command again to resume" in out
+    pid = int((root / "b.pid").read_text())
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the stage's command was stopped, not left running
+    assert not (root / "b.json").exists()
+    (root / "slow.txt").write_text("0.1")
+    runs = run_pipeline(root, jobs=2, echo=lambda _: None)  # again: finishes what was left
+    assert "b" in {r.name for r in runs if r.ran} and (root / "d.json").exists()
