@@ -18,6 +18,7 @@ takes its thread count from `compute.threads`, not from what else is running).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -112,6 +113,21 @@ def dvc_command(stage: str) -> list[str]:
     return [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
 
 
+def changed_stages(root: Path, env: dict[str, str]) -> set[str]:
+    """The stages `dvc status` finds changed now (deps, params, outs or command). A stage that
+    is not, and none of whose upstream stages runs, is skipped as `dvc repro` would skip it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "--wait-for-lock", "status", "--json"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise UserError(f"`dvc status` failed in {root}:\n{result.stdout}{result.stderr}")
+    return set(json.loads(result.stdout or "{}"))
+
+
 def run_pipeline(
     root: Path,
     targets: Sequence[str] = (),
@@ -121,7 +137,9 @@ def run_pipeline(
 ) -> list[StageRun]:
     """Reproduce the pipeline at `root` (or the `targets` and their upstream), `jobs` at a time.
 
-    Each stage's output is echoed line by line, prefixed with its name. When a stage fails no
+    A stage that `dvc status` finds unchanged, below stages that did not run either, is skipped
+    without a `dvc repro` of its own. Each stage's output is echoed line by line, prefixed with
+    its name. When a stage fails no
     new stage starts, the running ones finish, and UserError names the failed stages; a run
     started again resumes (DVC skips what finished, training resumes from last.pt).
     """
@@ -134,8 +152,10 @@ def run_pipeline(
     env = dict(os.environ)
     # The stages call `mml`: this interpreter's environment first, as `make run` does.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    changed = changed_stages(root, env)
     waiting = dict(graph)
     done: set[str] = set()
+    ran: set[str] = set()
     running: dict[str, tuple[subprocess.Popen, threading.Thread, float]] = {}
     finished: list[StageRun] = []
     failed: list[StageRun] = []
@@ -155,6 +175,15 @@ def run_pipeline(
         while waiting or running:
             ready = [name for name, ups in waiting.items() if ups <= done] if not failed else []
             ready.sort(key=lambda name: (-priority[name], name))
+            unchanged = [n for n in ready if n not in changed and not graph[n] & ran]
+            for name in unchanged:  # DVC's own verdict, without a process per stage
+                del waiting[name]
+                done.add(name)
+                finished.append(StageRun(name, returncode=0, ran=False))
+                with lock:
+                    echo(f"[{name}] unchanged ({len(done)}/{len(graph)})")
+            if unchanged:
+                continue
             for name in ready[: jobs - len(running)]:
                 del waiting[name]
                 run = runs[name] = StageRun(name)
@@ -182,6 +211,8 @@ def run_pipeline(
             finished.append(run)
             if proc.returncode == 0:
                 done.add(name)
+                if run.ran:
+                    ran.add(name)
                 with lock:
                     verb = "ran" if run.ran else "unchanged"
                     echo(f"[{name}] {verb} in {run.seconds:.1f} s ({len(done)}/{len(graph)})")

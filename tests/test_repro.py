@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mml.errors import UserError
-from mml.repro import chain_lengths, run_pipeline, upstream_closure
+from mml.repro import chain_lengths, dvc_command, run_pipeline, upstream_closure
 
 BIN = Path(sys.executable).parent
 
@@ -87,9 +87,23 @@ def test_independent_stages_run_side_by_side_and_dvc_agrees(tmp_path):
         [BIN / "dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True
     )
     assert json.loads(status.stdout) == {}
-    again = run_pipeline(root, jobs=2, echo=lambda _: None)
-    assert not any(r.ran for r in again)
+
+    def no_process(name):
+        raise AssertionError(f"{name}: a dvc repro for an unchanged stage")
+
+    again = run_pipeline(root, jobs=2, echo=lambda _: None, command=no_process)
+    assert sorted(r.name for r in again if not r.ran) == sorted(GRAPH)
     assert spans(root, "abcde") == t
+    # an output deleted: that stage and what is below it run, nothing else starts a process
+    (root / "c.json").unlink()
+    started: list[str] = []
+
+    def recorded(name):
+        started.append(name)
+        return dvc_command(name)
+
+    third = run_pipeline(root, jobs=2, echo=lambda _: None, command=recorded)
+    assert sorted(started) == ["c", "d"] and sorted(r.name for r in third if r.ran) == ["c", "d"]
 
 
 @pytest.mark.slow
