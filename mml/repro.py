@@ -34,6 +34,10 @@ from dvc.repo import Repo
 
 from mml.errors import UserError
 
+# Popen's process_group is new in Python 3.11; before it, setpgrp in the child does the same.
+NEW_PROCESS_GROUP = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+)
 STOP_SECONDS = 60  # after a Ctrl-C, how long a stage may take to stop before it is killed
 
 
@@ -195,7 +199,10 @@ def run_pipeline(
                     stderr=subprocess.STDOUT,
                     text=True,
                     bufsize=1,
-                    start_new_session=True,  # its own process group: see the interruption below
+                    # Its own process group (see the interruption below), in this session: a new
+                    # session would be a new scheduler autogroup on Linux, which splits the CPU
+                    # between stages evenly instead of between their processes.
+                    **NEW_PROCESS_GROUP,
                 )
                 thread = threading.Thread(target=relay, args=(run, proc.stdout), daemon=True)
                 thread.start()
