@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dvc.exceptions import DvcException
@@ -49,7 +49,6 @@ class StageRun:
     seconds: float = 0.0
     returncode: int | None = None
     ran: bool = True  # False when DVC found the stage unchanged
-    lines: list[str] = field(default_factory=list)
 
 
 def stage_graph(root: Path) -> dict[str, set[str]]:
@@ -114,14 +113,19 @@ def chain_lengths(graph: dict[str, set[str]]) -> dict[str, int]:
 
 def dvc_command(stage: str) -> list[str]:
     """The command that reproduces `stage` alone, waiting for the repo lock instead of failing."""
-    return [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
+    return _dvc("repro", "--single-item", stage)
+
+
+def _dvc(*args: str) -> list[str]:
+    """This environment's dvc, waiting for the repo lock instead of failing on it."""
+    return [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
 
 
 def changed_stages(root: Path, env: dict[str, str]) -> set[str]:
     """The stages `dvc status` finds changed now (deps, params, outs or command). A stage that
     is not, and none of whose upstream stages runs, is skipped as `dvc repro` would skip it."""
     result = subprocess.run(
-        [sys.executable, "-m", "dvc", "--wait-for-lock", "status", "--json"],
+        _dvc("status", "--json"),
         cwd=root,
         env=env,
         capture_output=True,
@@ -168,7 +172,6 @@ def run_pipeline(
     def relay(run: StageRun, stream) -> None:
         for line in stream:
             text = line.rstrip("\n")
-            run.lines.append(text)
             if "didn't change, skipping" in text:
                 run.ran = False
             with lock:

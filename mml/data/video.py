@@ -253,24 +253,24 @@ def keep_decoded(paths: Sequence[Path], budget: int) -> bool:
     over it). The frames are what :func:`read_frames` returns (it decodes them here), so a model
     sees the same pixels. Files that cannot be read are left out: their reader reports them.
     """
-    sizes: dict[Path, int] = {}
+    todo: list[tuple[Path, tuple[str, int, int], VideoInfo]] = []
     for path in map(Path, paths):
         try:
-            info = probe(path)
+            key, info = _probe_key(path), probe(path)
         except VideoDecodeError:
             continue
-        if _probe_key(path) not in _DECODED:
-            sizes[path] = info.num_frames * info.height * info.width * 3
+        if key not in _DECODED:
+            todo.append((path, key, info))
     held = sum(frames.nbytes for frames in _DECODED.values())
-    if held + sum(sizes.values()) > budget:
+    if held + sum(i.num_frames * i.height * i.width * 3 for _, _, i in todo) > budget:
         return False
-    for path in sizes:
+    for path, key, info in todo:
         try:
-            frames = read_frames(path, np.arange(probe(path).num_frames))
+            frames = read_frames(path, np.arange(info.num_frames))
         except VideoDecodeError:
             continue
         frames.setflags(write=False)
-        _DECODED[_probe_key(path)] = frames
+        _DECODED[key] = frames
     return True
 
 
