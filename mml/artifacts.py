@@ -38,6 +38,7 @@ from mml.fsio import atomic_write, atomic_write_text
 MetricName = Literal["top1", "mAP"]
 SCORE_KEYS = ("top1", "top5", "mAP")  # what metrics.summarize can return
 ENSEMBLES = "ensembles"  # metrics/ensembles.json: not a stage's metrics
+PRETRAIN = "pretrain"  # `mml pretrain`: checkpoints/pretrain/0.pt, metrics/pretrain.json
 PACKAGE_CONFIG = "mml-model.json"
 
 
@@ -63,6 +64,12 @@ def split_ref(ref: str) -> tuple[str, int]:
     if not dot or not stage or not k.isdigit():
         raise ConfigError(f"{ref!r} is not a model reference '<stage>.<k>' (e.g. rgb_ce.0)")
     return stage, int(k)
+
+
+def base_init(init: str) -> bool:
+    """Whether a model's `init` is a base: scratch, ImageNet or its stand-in `pretrain.<k>`
+    (no model trained on the dataset; the paper's "from ImageNet" rows)."""
+    return init in ("scratch", "imagenet") or init.startswith(f"{PRETRAIN}.")
 
 
 def model_ref(stage: str, k: int) -> str:
@@ -185,9 +192,10 @@ def parse_stage_metrics(text: str, source: str) -> StageMetrics:
 
 
 def evaluated_stages(metrics: Path) -> list[str]:
-    """The stages with a metrics file in the metrics directory (every JSON but the ensembles')."""
+    """The stages with a metrics file in the metrics directory (every JSON but the ensembles'
+    and the pretraining's)."""
     names = (p.stem for p in Path(metrics).glob("*.json"))
-    return sorted(name for name in names if name != ENSEMBLES)
+    return sorted(name for name in names if name not in (ENSEMBLES, PRETRAIN))
 
 
 def evaluated_models(metrics: Path, stages: Iterable[str]) -> dict[str, ModelMetrics]:

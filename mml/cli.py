@@ -223,6 +223,27 @@ def forwarded_args(ctx: typer.Context, *, without: tuple[str, ...] = ()) -> list
     return args
 
 
+@app.command("pretrain")
+def pretrain(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Pretrain the model on synthetic stills (the default's stand-in for ImageNet weights):
+    checkpoints/pretrain/0.pt, which `init: pretrain.0` starts a model from."""
+
+    def action() -> None:
+        from mml.pretrain import pretrain as run_pretrain
+
+        result = run_pretrain(_params(params, overrides), show_progress=not quiet)
+        typer.echo(
+            f"pretrain: held-out top-1 {result.val_top1:.1f} (object position), "
+            f"loss {result.train_loss:.3f}"
+        )
+
+    _run(action)
+
+
 @app.command("train")
 def train(
     ctx: typer.Context,

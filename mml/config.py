@@ -242,6 +242,21 @@ class PrunerConfig(Section):
     warmup_epochs: int = Field(2, ge=0, description="epochs of a trial never pruned")
 
 
+class PretrainConfig(Section):
+    """`mml pretrain`: the synthetic default's stand-in for ImageNet weights (`init: pretrain.0`).
+
+    The stage's architecture learns where the object is in still frames of the synthetic
+    generator's own stream (mml.data.synth.stills), as static clips of `clip.segments` frames.
+    """
+
+    images: int = Field(4000, ge=2, description="stills rendered; a tenth is held out")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.003, gt=0, description="AdamW peak learning rate (one cycle)")
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = Field(0, description="the stills and the training; not `seed`: fixed weights")
+
+
 class TuneConfig(Section):
     trials: int = Field(
         0, ge=0, description="total trials of the study (all workers together); 0: tuning off"
@@ -415,6 +430,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     tune: TuneConfig = TuneConfig()
     promote: PromoteConfig = PromoteConfig()
     compute: ComputeConfig = ComputeConfig()

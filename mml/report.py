@@ -80,15 +80,15 @@ def model_row(
 
 
 def per_class_rows(params: Params, runs: list[Run]) -> list[dict]:
-    """Per-class top-1 of every single-modality CE model from scratch (one per modality and
-    stage: what each modality learns alone), mean over the runs that have its predictions.
-    Single-label data only."""
+    """Per-class top-1 of every single-modality CE model from a base init (ImageNet, its
+    stand-in `pretrain.<k>`, or scratch: one per modality and stage, what each modality learns
+    alone), mean over the runs that have its predictions. Single-label data only."""
     rows = []
     for stage, cfg in params.stages.items():
         if cfg.method != "ce":
             continue
         for k, spec in enumerate(cfg.models):
-            if spec.init != "scratch":
+            if not artifacts.base_init(spec.init):
                 continue
             members = [m for run in runs if (m := run.member(f"{stage}.{k}")) is not None]
             if not members or members[0].targets.ndim != 1:
@@ -278,7 +278,8 @@ def per_class_markdown(data: dict) -> list[str]:
         return []
     classes = list(rows[0]["per_class"])
     lines = [
-        "## Per-class top-1 of each modality alone (CE from scratch), mean over runs",
+        "## Per-class top-1 of each modality alone (CE from ImageNet, its stand-in or scratch), "
+        "mean over runs",
         "",
         "| model | modality | " + " | ".join(classes) + " | runs |",
         "|---|---|" + "---|" * (len(classes) + 1),

@@ -74,6 +74,7 @@ class Role:
     ENSEMBLE = "ensemble"
     REPORT = "report"
     PROMOTE = "promote"
+    PRETRAIN = "pretrain"  # `mml pretrain`: the default's stand-in for ImageNet weights
 
 
 class VersionTag:

@@ -38,6 +38,7 @@ TINY = {
     "cache": {"flow_algorithm": "dis"},
     "train": {"epochs": 1},
     "evaluate": {"batch_size": 4},
+    "pretrain": {"images": 200, "epochs": 1, "batch_size": 8},
 }
 
 
@@ -54,7 +55,7 @@ def tiny_params(path: Path, **sections) -> None:
     """Shrink a params file: tiny sizes, 1 epoch everywhere, no ImageNet weights (offline)."""
     params = yaml.safe_load(path.read_text())
     for section, values in {**TINY, **sections}.items():
-        params[section].update(values)
+        params.setdefault(section, {}).update(values)
     for stage in params["stages"].values():
         if "train.epochs" in stage.get("overrides", {}):  # fine-tuning stages' own epochs
             stage["overrides"]["train.epochs"] = 1

@@ -21,6 +21,7 @@ PIPELINES = [REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))
 # each stage's entry modules (what its `mml` command imports); promote also ships serving.py
 # to MLflow as the model's code ("models from code", read as a file, not imported)
 ENTRY = {
+    "pretrain": ("mml.pretrain",),
     "train": ("mml.train", "mml.evaluate"),  # `mml train --evaluate`
     "tune": ("mml.tune",),
     "ensemble": ("mml.ensemble",),

@@ -14,7 +14,7 @@ LAYERS = [
     {"errors", "fsio", "progress", "seeds", "workers", "losses", "metrics"},
     {"config", "checkpoint", "stats", "artifacts"},
     {"data", "models", "distributed", "tracking"},
-    {"inference", "stage_setup", "stage_files", "ensemble"},
+    {"inference", "stage_setup", "stage_files", "ensemble", "pretrain"},
     {"train", "evaluate", "predictor", "runs"},
     {"tune", "registry", "serving", "comparisons"},
     {"report", "views", "repro"},

@@ -97,13 +97,13 @@ def test_orderings_table_with_paired_cis_over_two_runs(two_runs):
     assert f"2 run(s): workspace (seed 0), {other} (seed 1)." in md
     assert "60 videos, 6 classes; one video = 1.67 points." in md
     rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
-    win = rows["Flow: from RGB > from scratch"]
+    win = rows["Flow: from RGB > from ImageNet"]
     assert win.startswith(
-        "| Flow: from RGB > from scratch | Tab. 1 | `flow_ce_rgb.0` | "
+        "| Flow: from RGB > from ImageNet | Tab. 1 | `flow_ce_rgb.0` | "
         "`flow_ce_scratch.0` | 83.3 | 33.3 | +50.0 [+"
     )
     assert win.endswith("| 2 | **holds** |")
-    tie = rows["Diff: from RGB > from scratch"]
+    tie = rows["Diff: from RGB > from ImageNet"]
     assert "| 50.0 | 50.0 | +0.0 [+0.0, +0.0] | 2 | **inconclusive** |" in tie
     assert rows["ML > CE (rgb_ce.0 +6)"].endswith("| not run (no `rgb_ce_re.0`) |")
     data = json.loads((workspace / "reports/summary.json").read_text())
@@ -280,7 +280,10 @@ def test_per_class_accuracy_of_each_modality_alone(two_runs):
     ]
     assert list(flow["per_class"].values()) == pytest.approx(expected)
     md = (workspace / "reports/summary.md").read_text()
-    assert "## Per-class top-1 of each modality alone (CE from scratch)" in md
+    assert (
+        "## Per-class top-1 of each modality alone (CE from ImageNet, its stand-in or scratch)"
+        in md
+    )
     assert "| `flow_ce_scratch.0` | flow | " + " | ".join(f"{e:.0f}" for e in expected) in md
 
 
@@ -333,7 +336,7 @@ def test_the_report_run_holds_curves_from_the_model_runs_and_links_filter_to_the
 
     links = json.loads((workspace / "reports/summary.json").read_text())["links"]
     by_name = {link["name"]: link for link in links}
-    flow = by_name["Flow: from RGB > from scratch"]
+    flow = by_name["Flow: from RGB > from ImageNet"]
     assert flow["models"] == ["flow_ce_rgb.0", "flow_ce_scratch.0"]
     assert flow["url"] in out and flow["url"] in (workspace / "reports/summary.md").read_text()
     base, query = flow["url"].split("?")

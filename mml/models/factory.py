@@ -40,7 +40,9 @@ def build_model(
     """A model (TSM or I3D, per `cfg.arch`) for `modality`: `imagenet`, `scratch`, `<stage>.<k>`.
 
     `<stage>.<k>` loads checkpoints/<stage>/<k>.pt completely, head included; when that
-    model saw another modality its first conv is adapted (MML §2.1).
+    model saw another modality its first conv is adapted (MML §2.1). A pretraining checkpoint
+    (`mml pretrain`, its meta names a `pretext`) gives everything but its head, which starts
+    new, as with `imagenet`.
     """
     in_channels = MODALITY_CHANNELS[modality]
     if init in ("imagenet", "scratch"):
@@ -49,18 +51,46 @@ def build_model(
     path = artifacts.checkpoint_path(checkpoints, init)
     payload = checkpoint.load(path)
     meta = payload["meta"]
+    if meta.get("pretext"):  # `mml pretrain`'s: everything but its pretext head, like imagenet
+        return _from_pretext(cfg, num_classes, in_channels, path, payload)
     if meta["num_classes"] != num_classes:
         raise checkpoint.CheckpointError(
             f"{path} predicts {meta['num_classes']} classes but this dataset has {num_classes}; "
             "initialise from a model trained on the same dataset."
         )
+    _check_arch(cfg, meta, path)
+    model = _make(cfg, num_classes, meta["in_channels"], None)
+    model.load_state_dict(payload["state_dict"])
+    set_in_channels(model.backbone, in_channels)
+    return model
+
+
+def _check_arch(cfg: ModelConfig, meta: dict[str, Any], path: Path) -> None:
     source = ModelConfig(**meta["model"])
     if source.arch != cfg.arch:
         raise checkpoint.CheckpointError(
             f"{path} is a {source.arch} model, this stage builds {cfg.arch}."
         )
+
+
+def _from_pretext(
+    cfg: ModelConfig, num_classes: int, in_channels: int, path: Path, payload: dict[str, Any]
+) -> VideoClassifier:
+    meta = payload["meta"]
+    _check_arch(cfg, meta, path)
     model = _make(cfg, num_classes, meta["in_channels"], None)
-    model.load_state_dict(payload["state_dict"])
+    trunk = {k: v for k, v in payload["state_dict"].items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = model.load_state_dict(trunk, strict=False)
+        fits = not unexpected and sorted(missing) == ["fc.bias", "fc.weight"]
+        detail = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    except RuntimeError as err:  # a tensor of another shape (e.g. another width_mult)
+        fits, detail = False, str(err).splitlines()[-1].strip()
+    if not fits:
+        raise checkpoint.CheckpointError(
+            f"{path} does not fit this stage's {cfg.arch} ({detail}); run `mml pretrain` "
+            "again with this model config."
+        )
     set_in_channels(model.backbone, in_channels)
     return model
 
