@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mml import artifacts, checkpoint, tracking
+from mml import artifacts, checkpoint, seeds, tracking
 from mml.config import ConfigError, Params
 from mml.data import transforms
 from mml.data.synth.stills import GRID, render_stills
@@ -89,8 +89,8 @@ def pretrain(params: Params, *, show_progress: bool = True) -> PretrainResult:
             f"{MIN_STEPS} steps: raise pretrain.images or pretrain.epochs."
         )
 
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(seeds.pretrain_model(cfg.seed))
+    rng = seeds.pretrain_batches(cfg.seed)
     model = build_model(params.model, GRID * GRID, "rgb", "scratch").to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -39,4 +39,14 @@ def trial_sampler(seed: int, trial: int) -> int:
     return seed * 1_000_003 + trial
 
 
+def pretrain_model(seed: int) -> int:
+    """Torch's global seed before `mml pretrain` builds its model (`pretrain.seed`)."""
+    return seed
+
+
+def pretrain_batches(seed: int) -> np.random.Generator:
+    """`mml pretrain`'s shuffles and crops (its stills: mml.data.synth.stills.still_rng)."""
+    return np.random.default_rng(seed)
+
+
 BOOTSTRAP = 0  # the report's paired bootstrap: every comparison draws from this seed

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mml.errors import UserError
-from mml.repro import chain_lengths, dvc_command, run_pipeline, upstream_closure
+from mml.repro import STOP_SECONDS, chain_lengths, dvc_command, run_pipeline, upstream_closure
 
 BIN = Path(sys.executable).parent
 
@@ -148,7 +148,9 @@ def test_an_interrupted_run_stops_its_stages_and_resumes(tmp_path):
         assert time.monotonic() < deadline and repro.poll() is None, repro.communicate()[0]
         time.sleep(0.1)
     repro.send_signal(signal.SIGINT)  # Ctrl-C, to `mml repro` alone
-    out = repro.communicate(timeout=60)[0]
+    # a stage that does not stop on SIGINT is killed after STOP_SECONDS (one run of the suite
+    # beside a seed study took longer than 60 s to stop; alone it takes about 1 s)
+    out = repro.communicate(timeout=2 * STOP_SECONDS + 30)[0]
     assert repro.returncode == 130, out
     assert "run the same command again to resume" in out
     pid = int((root / "b.pid").read_text())

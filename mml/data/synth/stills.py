@@ -1,7 +1,7 @@
 """Still frames for pretraining (`mml pretrain`): the synthetic default's stand-in for ImageNet.
 
-Each still is one frame of a video planned exactly as the dataset's (`plan_video`: the same
-looks, backgrounds, tones, camera shake and distractors), drawn from a random stream of its own
+Each still is one frame of a video planned as the dataset's are (`plan_video`: the same looks,
+backgrounds, tones and camera shake, but no distractor), drawn from a random stream of its own
 that shares nothing with the dataset's videos (`synth.seed` does not enter it). Its label is
 where the class motion's object is in that frame: the cell of a `GRID` x `GRID` grid that holds
 its centre. Object categories, ImageNet's labels, do not work at this size: a shape label at
