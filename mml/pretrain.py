@@ -101,11 +101,8 @@ def pretrain(params: Params, *, show_progress: bool = True) -> PretrainResult:
     tracking.log_params(
         client,
         run_id,
-        {f"pretrain.{k}": v for k, v in cfg.model_dump().items()}
-        | {
-            "pretrain.pretext": PRETEXT,
-            **{f"model.{k}": v for k, v in params.model.model_dump(mode="json").items()},
-        },
+        {k: v for k, v in params.flat().items() if k.startswith(("pretrain.", "model."))}
+        | {"pretrain.pretext": PRETEXT},
     )
     status = "FAILED"
     try:
