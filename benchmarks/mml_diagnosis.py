@@ -14,7 +14,8 @@ interval: over validation videos for one training seed, over seeds and videos fo
 
 `--train-seeds 0 1 2 3 4`: each variant and control once per training seed (`seed`), on the
 workspace's data. The inits of the workspace's own seed are its checkpoints (linked); for any
-other seed they are trained first (`rgb_ce`, `flow_ce_rgb`, `diff_ce_rgb`: about 2 minutes).
+other seed they are trained first (`rgb_ce`, `flow_ce_rgb`, `diff_ce_rgb`: about 3 minutes), from
+the workspace's pretraining checkpoint (`checkpoints/pretrain`, which no training seed changes).
 `--tune-trials N` also runs `mml tune` over `stages.kl_weight` for the 6-epoch variant (first
 seed only).
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mml.artifacts import PRETRAIN
 from mml.stats import paired_bootstrap, verdict
 
 BIN = Path(sys.executable).parent
@@ -126,14 +128,18 @@ def seed_params(params: dict, seed: int, stages: dict, out: Path) -> Path:
     own["seed"] = seed
     own["stages"] = {**own["stages"], **copy.deepcopy(stages)}
     own["paths"] = {key: str(out / key) for key in PATHS}
-    if seed == params["seed"]:  # the workspace's own models are this seed's inits
-        for init in INITS:
-            link = out / "checkpoints" / init
-            if not (checkpoints / init).is_dir():
-                sys.exit(f"{checkpoints / init} is missing: run the pipeline first (`make run`)")
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                link.symlink_to((checkpoints / init).resolve(), target_is_directory=True)
+    # the pretraining does not depend on the training seed (`mml pretrain`: its own seed), so
+    # every seed starts from the workspace's; the workspace's own models are its seed's inits
+    inits = {m.get("init", "") for st in own["stages"].values() for m in st.get("models", [])}
+    pretrained = (PRETRAIN,) if any(i.startswith(f"{PRETRAIN}.") for i in inits) else ()
+    linked = (*pretrained, *INITS) if seed == params["seed"] else pretrained
+    for init in linked:
+        link = out / "checkpoints" / init
+        if not (checkpoints / init).is_dir():
+            sys.exit(f"{checkpoints / init} is missing: run the pipeline first (`make run`)")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to((checkpoints / init).resolve(), target_is_directory=True)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "params.yaml"
     path.write_text(yaml.safe_dump(own, sort_keys=False))
