@@ -4,7 +4,10 @@
 
 Run from the repository root. Queues one experiment per seed (`dvc exp run --queue -S seed=N
 --name seed-N`), starts the queue (`dvc queue start -j JOBS`), shows the finished experiments as
-they come, prints the log of any that failed (`dvc queue logs NAME`), then writes the report
+they come, starts the queue again if its worker died with experiments still queued (DVC's
+Celery worker has been seen to stop on a broker read error: `JSONDecodeError` in
+`.dvc/tmp/exps/celery/dvc-exp-worker-*.out`), prints the log of any that failed
+(`dvc queue logs NAME`), then writes the report
 over this workspace's own run (if it has one) and every finished seed (`mml report --exp
 seed-1 ...`) and prints its path and the wall time. Each experiment runs in a temporary copy of
 the workspace (its uncommitted changes included); only stages that depend on the seed re-run.
@@ -58,14 +61,23 @@ def queue(seeds: list[int], prefix: str) -> list[str]:
     return names
 
 
-def queued(names: list[str]) -> dict[str, str]:
-    """Status of each named task that `dvc queue status` still lists (Queued, Running, ...)."""
-    found = {}
+def queue_status(names: list[str]) -> tuple[dict[str, str], int]:
+    """Status of each named task that `dvc queue status` still lists (Queued, Running, ...),
+    and how many queue workers are alive (active or idle)."""
+    found, workers = {}, 0
     for line in run("dvc", "queue", "status", check=False).stdout.splitlines():
         tokens = line.split()
+        if line.startswith("Worker status:"):  # "Worker status: 1 active, 0 idle"
+            workers = int(tokens[2]) + int(tokens[4])
+            continue
         for name in set(tokens) & set(names):
             found[name] = tokens[-1]
-    return found
+    return found, workers
+
+
+def queued(names: list[str]) -> dict[str, str]:
+    """Status of each named task that `dvc queue status` still lists (Queued, Running, ...)."""
+    return queue_status(names)[0]
 
 
 def states(names: list[str]) -> dict[str, str]:
@@ -79,8 +91,26 @@ def states(names: list[str]) -> dict[str, str]:
     return {name: found.get(name) or tasks.get(name, "Missing") for name in names}
 
 
-def wait(names: list[str], poll: float) -> dict[str, str]:
-    """Poll until every experiment finished, with a progress bar of finished ones."""
+def restart_dead_queue(names: list[str], jobs: int) -> bool:
+    """Start the queue again when experiments wait in it and no worker is alive to run them.
+
+    `dvc queue start` launches workers that exit once the queue is empty; one that dies
+    earlier leaves the rest queued forever. Returns whether it restarted the queue."""
+    tasks, workers = queue_status(names)
+    if workers or "Queued" not in tasks.values() or "Running" in tasks.values():
+        return False
+    waiting = sorted(n for n, s in tasks.items() if s == "Queued")
+    console.print(
+        f"[yellow]no queue worker is alive and {', '.join(waiting)} wait[/yellow]: "
+        f"dvc queue start -j {jobs}"
+    )
+    run("dvc", "queue", "start", "-j", str(jobs))
+    return True
+
+
+def wait(names: list[str], poll: float, jobs: int = 1, grace: float = 60.0) -> dict[str, str]:
+    """Poll until every experiment finished, with a progress bar of finished ones; restart the
+    queue when its workers have been gone for `grace` seconds while experiments still wait."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -89,6 +119,7 @@ def wait(names: list[str], poll: float) -> dict[str, str]:
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("experiments", total=len(names))
+        checked = time.monotonic()
         while True:
             now = states(names)
             running = ", ".join(n for n, s in now.items() if s == "Running") or "-"
@@ -97,6 +128,9 @@ def wait(names: list[str], poll: float) -> dict[str, str]:
             progress.update(task, completed=sum(s in DONE for s in now.values()), description=label)
             if all(s in DONE for s in now.values()):
                 return now
+            if time.monotonic() - checked >= grace:  # a worker needs a while to register
+                checked = time.monotonic()
+                restart_dead_queue(names, jobs)
             time.sleep(poll)
 
 
@@ -113,7 +147,7 @@ def main() -> None:
     started = time.time()
     names = queue(args.seeds, args.prefix)
     run("dvc", "queue", "start", "-j", str(args.jobs))
-    final = wait(names, args.poll)
+    final = wait(names, args.poll, args.jobs)
     for name in (n for n, s in final.items() if s != "Success"):
         log = run("dvc", "queue", "logs", name, check=False)
         if final[name] == "Missing":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,14 +86,36 @@ def test_seed_study_queues_runs_and_reports_over_the_seeds(scratch):
     assert sorted(r["name"] for r in again["runs"]) == ["seed-1", "seed-2"]
 
 
-def test_an_experiment_that_is_neither_queued_nor_done_is_not_waited_for(scratch, monkeypatch):
-    """A task removed from the queue (`dvc queue remove`) must not make the study wait forever."""
+def load_study():
     spec = importlib.util.spec_from_file_location("seed_study", REPO / "benchmarks/seed_study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
+    return study
+
+
+def test_an_experiment_that_is_neither_queued_nor_done_is_not_waited_for(scratch, monkeypatch):
+    """A task removed from the queue (`dvc queue remove`) must not make the study wait forever."""
+    study = load_study()
     monkeypatch.chdir(scratch)
     run("dvc", "exp", "run", "--queue", "-S", "seed=5", "--name", "seed-5", cwd=scratch)
     assert study.states(["seed-5", "seed-6"]) == {"seed-5": "Queued", "seed-6": "Missing"}
     run("dvc", "queue", "remove", "--queued", cwd=scratch)
     assert study.states(["seed-5"]) == {"seed-5": "Missing"}
     assert study.wait(["seed-5"], poll=0.1) == {"seed-5": "Missing"}
+
+
+def test_a_queue_whose_worker_died_is_started_again(scratch, monkeypatch):
+    """Experiments left queued with no worker alive (its worker died) are run, not waited on."""
+    study = load_study()
+    monkeypatch.chdir(scratch)
+    run("dvc", "exp", "run", "--queue", "-S", "seed=5", "--name", "seed-5", cwd=scratch)
+    # the queue was never started: no worker, as after a worker that died with seed-5 queued
+    assert study.queue_status(["seed-5"]) == ({"seed-5": "Queued"}, 0)
+    final = {}
+    waiting = threading.Thread(
+        target=lambda: final.update(study.wait(["seed-5"], poll=0.5, grace=0)), daemon=True
+    )
+    waiting.start()
+    waiting.join(300)
+    assert final == {"seed-5": "Success"}
+    assert study.restart_dead_queue(["seed-5"], jobs=1) is False  # nothing waits any more
