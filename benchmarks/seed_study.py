@@ -109,8 +109,9 @@ def restart_dead_queue(names: list[str], jobs: int) -> bool:
 
 
 def wait(names: list[str], poll: float, jobs: int = 1, grace: float = 60.0) -> dict[str, str]:
-    """Poll until every experiment finished, with a progress bar of finished ones; restart the
-    queue when its workers have been gone for `grace` seconds while experiments still wait."""
+    """Poll until every experiment finished, with a progress bar of finished ones; every `grace`
+    seconds (a worker just started needs a while to register), restart the queue if no worker is
+    alive while experiments still wait in it."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
