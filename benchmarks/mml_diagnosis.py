@@ -6,7 +6,8 @@ Run after the default pipeline (`make run`), from the repository root:
 
 Each variant is the `mml_rfd` stage (RGB + Flow + Diff, all from `rgb_ce.0`) with one thing
 changed, trained and evaluated as a stage of its own (`diag_<variant>`); its RGB model is
-compared, video by video, with a CE control of the same init, epochs and schedule. Everything
+compared, video by video, with a CE control of the same init, epochs and schedule, and, where
+both are run, with the variant that differs from it in one thing (`BETWEEN`). Everything
 it writes is under `diagnosis/seed-<N>/` (params, checkpoints, metrics, predictions, plots,
 Optuna journal), so the pipeline's own outputs and `dvc status` are untouched; MLflow runs go to
 the workspace's store as usual. The table gives each paired difference with its 95% bootstrap
@@ -88,6 +89,14 @@ CONTROLS = {
     "ce12": ce_control(epochs=12),
     "ce12w": ce_control(epochs=12, warmup=1),
 }
+# one variable between two stages that are both run: (A, B, what the row compares)
+BETWEEN = (
+    ("kl1", "kl0", "KL weight 1 against 0 (both MML, cold peers, 6 epochs)"),
+    ("warm", "kl1", "warm peers against cold peers (both MML, 6 epochs)"),
+    ("e12", "kl1", "12 epochs against 6 (both MML, cold peers)"),
+    ("e12w", "e12", "1 warm-up epoch against none (both MML, 12 epochs)"),
+    ("ce12", "ce6", "12 epochs against 6 (both CE)"),
+)
 
 
 def mml(*args: str, bin_dir: Path = BIN) -> None:
@@ -191,13 +200,21 @@ def main() -> None:
         "| variant | RGB top-1 | control | control top-1 | paired diff [95% CI] | verdict |",
         "|---|---|---|---|---|---|",
     ]
-    for v in args.variants:
-        control = f"diag_{VARIANTS[v][2]}"
-        a, b, ci = paired([(out, f"diag_{v}", out, control) for out in outs], rng)
+    rows = [(VARIANTS[v][0], f"diag_{v}", f"diag_{VARIANTS[v][2]}") for v in args.variants]
+    rows += [(what, f"diag_{a}", f"diag_{b}") for a, b, what in BETWEEN]
+    per_seed = []
+    for what, stage, control in rows:
+        if stage not in stages or control not in stages:
+            continue
+        a, b, ci = paired([(out, stage, out, control) for out in outs], rng)
         table.append(
-            f"| {VARIANTS[v][0]} | {100 * a.mean():.1f} | `{control}` | {100 * b.mean():.1f} | "
+            f"| {what} | {100 * a.mean():.1f} | `{control}` | {100 * b.mean():.1f} | "
             f"{ci.diff:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] | {verdict(ci)} |"
         )
+        pairs = zip(a.mean(1), b.mean(1), strict=True)
+        seeds = ", ".join(f"{100 * x:.1f}/{100 * y:.1f}" for x, y in pairs)
+        per_seed.append(f"- {what}: {seeds}")
+    table += ["", "per training seed (A / B):", *per_seed]
     Path("diagnosis/table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     if args.tune_trials:
