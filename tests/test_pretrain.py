@@ -22,7 +22,8 @@ SPEC = SynthConfig(**{**TINY_SYNTH, "num_classes": 6})
 
 
 def test_a_one_frame_plan_paints_exactly_that_frame():
-    spec = SPEC.model_copy(update={"noise": 0.0})  # pixel noise is drawn per plan, not per frame
+    # pixel noise is drawn per plan, not per frame; the exposure gain is per frame
+    spec = SPEC.model_copy(update={"noise": 0.0, "exposure": 0.2})
     for n in range(4):
         plan = plan_video(n % 6, np.random.default_rng(n), spec)
         video = draw_video(plan)

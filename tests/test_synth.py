@@ -81,11 +81,37 @@ def test_pixels_show_the_target_where_its_coverage_is():
 def test_inverse_classes_are_the_same_frames_played_backwards(forward, backward):
     # so the set of frames (what a single-frame model sees) cannot tell the pair apart
     spec = synth_config(noise=0.0, distractors=2, num_classes=len(CLASS_TEMPLATES))
-    for seed in range(3):
+    for seed, exposure in ((0, 0.0), (1, 0.0), (2, 0.0), (3, 0.2)):
+        spec = spec.model_copy(update={"exposure": exposure})  # the camera's gain reverses too
         a, names_a = render_video(_class(forward), np.random.default_rng(seed), spec)
         b, names_b = render_video(_class(backward), np.random.default_rng(seed), spec)
         np.testing.assert_array_equal(a[::-1], b)
         assert names_a == names_b
+
+
+def test_exposure_scales_whole_frames_and_changes_nothing_else():
+    plain = synth_config(noise=0.0, num_classes=len(CLASS_TEMPLATES))
+    exposed = plain.model_copy(update={"exposure": 0.1})
+    logs = []
+    for seed in range(40):
+        a = plan_video(seed % 14, np.random.default_rng(seed), plain)
+        b = plan_video(seed % 14, np.random.default_rng(seed), exposed)
+        assert a.gains is None  # off: the plan (and so the video) is what it was without it
+        # the same scene, objects and shake: the gain comes from a stream of its own
+        assert a.noise_seed == b.noise_seed and np.array_equal(a.shifts, b.shifts)
+        assert all(np.array_equal(s.x, t.x) for s, t in zip(a.tracks, b.tracks, strict=True))
+        frames_a, frames_b = draw_video(a).astype(float), draw_video(b).astype(float)
+        gain = b.gains[:, None, None, None]
+        inside = (frames_a > 0) & (frames_a * gain < 254)  # neither frame clipped
+        # each pixel is the plain one times its frame's gain, up to both frames' rounding
+        error = np.abs(frames_b - frames_a * gain)[inside]
+        assert error.max() <= 0.5 + 0.5 * gain.max() + 1e-3
+        logs.append(np.log(b.gains))
+    # a slow drift of the stated size: std about `exposure`, neighbouring frames alike
+    everything = np.concatenate(logs)
+    assert 0.07 < everything.std() < 0.13
+    steps = np.concatenate([np.diff(x) for x in logs])
+    assert steps.std() < 0.35 * everything.std()
 
 
 def _rises(values: np.ndarray, by: float) -> bool:

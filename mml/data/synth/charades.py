@@ -33,6 +33,7 @@ from mml.data.synth.plan import (
     FAMILIES,
     class_names,
     distractor,
+    exposure_gains,
     mirrored_track,
     object_look,
     plan_scene,
@@ -108,6 +109,7 @@ def plan_multilabel_video(
         targets[0],
         spec.noise,
         noise_seed,
+        exposure_gains(np.random.default_rng([noise_seed, 1]), frames, spec.exposure),
         class_ids=class_ids,
         targets=targets,
     )

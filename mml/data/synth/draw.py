@@ -1,7 +1,7 @@
 """Drawing the synthetic videos: objects (`Track`), whole videos (`VideoPlan`), pure numpy.
 
 A plan holds every random choice of a video (see mml.data.synth.plan); `draw_video` paints it
-deterministically: jittered background, objects back to front, pixel noise.
+deterministically: jittered background, objects back to front, exposure gain, pixel noise.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class VideoPlan:
     target: int  # index in `tracks` of the object doing the class motion
     noise: float
     noise_seed: int
+    # (T,) float32 per-frame brightness gain of the camera (auto-exposure), or None: constant
+    gains: np.ndarray | None = None
 
     @property
     def placeholders(self) -> list[str]:
@@ -160,6 +162,8 @@ def draw_video(plan: VideoPlan) -> np.ndarray:
         region = video[:, y0:y1, x0:x1]  # a view: painting it paints the video
         region += body[..., None] * (shade * track.rgb - region)
         region += tip[..., None] * (track.tip_rgb - region)
+    if plan.gains is not None:  # the sensor's exposure scales everything it sees, then noise
+        video *= plan.gains[:, None, None, None]
     if plan.noise > 0:
         rng = np.random.default_rng(plan.noise_seed)
         video += rng.standard_normal(video.shape, dtype=np.float32) * np.float32(plan.noise)

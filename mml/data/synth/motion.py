@@ -31,6 +31,7 @@ from mml.data.synth.plan import (
     FAMILIES,
     class_names,
     distractor,
+    exposure_gains,
     mirrored_track,
     object_look,
     plan_scene,
@@ -67,13 +68,25 @@ def plan_video(class_id: int, rng: np.random.Generator, spec: SynthConfig) -> Vi
     depth = int(rng.integers(0, len(tracks) + 1))
     tracks.insert(depth, target)
     noise_seed = int(rng.integers(2**63))
+    # from a stream of its own, so that the rest of the video is the same with or without it
+    gains = exposure_gains(np.random.default_rng([noise_seed, 1]), frames, spec.exposure)
     if inverse and family == "push":  # pushed the other way: mirror the target's path
         tracks[depth] = mirrored_track(target, w)
     elif inverse:  # the inverse class is the same video played backwards
         shifts = shifts[::-1].copy()
+        gains = None if gains is None else gains[::-1].copy()
         tracks = [reversed_track(t) for t in tracks]
     return VideoPlan(
-        class_id, h, w, scene.background, shifts, tuple(tracks), depth, spec.noise, noise_seed
+        class_id,
+        h,
+        w,
+        scene.background,
+        shifts,
+        tuple(tracks),
+        depth,
+        spec.noise,
+        noise_seed,
+        gains,
     )
 
 

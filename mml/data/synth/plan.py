@@ -166,6 +166,22 @@ def camera_shake(rng: np.random.Generator, frames: int, jitter: float) -> tuple[
     return pad, np.clip(smooth, -pad, pad).astype(np.float32)
 
 
+def exposure_gains(rng: np.random.Generator, frames: int, exposure: float) -> np.ndarray | None:
+    """(frames,) float32 brightness gains of a camera whose auto-exposure drifts, or None.
+
+    A phone camera (Something-Something's are hand-held phones) keeps re-adjusting its exposure
+    and white balance, so the whole frame brightens and darkens slowly: white noise low-passed
+    over about 6 frames (half a second at 12 fps), scaled to a std of `exposure` in log gain.
+    Frame differences see every such change; a single frame barely does.
+    """
+    if exposure <= 0:
+        return None
+    kernel = np.exp(-0.5 * (np.arange(-12, 13) / 4.0) ** 2)
+    smooth = np.convolve(rng.normal(0, 1, frames + len(kernel) - 1), kernel, "valid")
+    smooth *= exposure / np.sqrt((kernel**2).sum())  # unit-variance noise through the filter
+    return np.exp(smooth).astype(np.float32)
+
+
 def _drift(rng: np.random.Generator, p: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
     """A small straight drift in a random direction (hand unsteadiness), px per axis."""
     angle, amount = _uniform(rng, 0, 2 * np.pi), _uniform(rng, 0, 0.06 * size)

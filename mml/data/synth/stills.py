@@ -42,7 +42,8 @@ def _one_frame(track: Track, t: int) -> Track:
 def frame_of(plan: VideoPlan, t: int) -> VideoPlan:
     """The one-frame plan of frame `t` of `plan`: `draw_video` of it paints that frame alone."""
     tracks = tuple(_one_frame(track, t) for track in plan.tracks)
-    return replace(plan, shifts=plan.shifts[t : t + 1], tracks=tracks)
+    gains = None if plan.gains is None else plan.gains[t : t + 1]
+    return replace(plan, shifts=plan.shifts[t : t + 1], tracks=tracks, gains=gains)
 
 
 def cell(plan: VideoPlan) -> int:
