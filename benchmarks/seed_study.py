@@ -75,11 +75,6 @@ def queue_status(names: list[str]) -> tuple[dict[str, str], int]:
     return found, workers
 
 
-def queued(names: list[str]) -> dict[str, str]:
-    """Status of each named task that `dvc queue status` still lists (Queued, Running, ...)."""
-    return queue_status(names)[0]
-
-
 def states(names: list[str]) -> dict[str, str]:
     """State of each named experiment of HEAD: Queued, Running, Success, Failed, or Missing
     (neither an experiment nor a task any more, e.g. removed from the queue: nothing to wait for).
@@ -87,7 +82,7 @@ def states(names: list[str]) -> dict[str, str]:
     rows = exp_show(".", force=True)
     found = {r["Experiment"]: r.get("State") or "Success" for r in rows if r.get("Experiment")}
     pending = [name for name in names if name not in found]
-    tasks = queued(pending) if pending else {}
+    tasks = queue_status(pending)[0] if pending else {}
     return {name: found.get(name) or tasks.get(name, "Missing") for name in names}
 
 

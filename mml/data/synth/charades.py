@@ -109,7 +109,7 @@ def plan_multilabel_video(
         targets[0],
         spec.noise,
         noise_seed,
-        exposure_gains(np.random.default_rng([noise_seed, 1]), frames, spec.exposure),
+        exposure_gains(noise_seed, frames, spec.exposure),
         class_ids=class_ids,
         targets=targets,
     )

@@ -68,8 +68,7 @@ def plan_video(class_id: int, rng: np.random.Generator, spec: SynthConfig) -> Vi
     depth = int(rng.integers(0, len(tracks) + 1))
     tracks.insert(depth, target)
     noise_seed = int(rng.integers(2**63))
-    # from a stream of its own, so that the rest of the video is the same with or without it
-    gains = exposure_gains(np.random.default_rng([noise_seed, 1]), frames, spec.exposure)
+    gains = exposure_gains(noise_seed, frames, spec.exposure)
     if inverse and family == "push":  # pushed the other way: mirror the target's path
         tracks[depth] = mirrored_track(target, w)
     elif inverse:  # the inverse class is the same video played backwards

@@ -159,27 +159,33 @@ def camera_shake(rng: np.random.Generator, frames: int, jitter: float) -> tuple[
     pad = int(np.ceil(3 * jitter))
     if jitter <= 0:
         return pad, np.zeros((frames, 2), np.float32)
-    kernel = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
-    white = rng.normal(0, 1, (frames + len(kernel) - 1, 2))
-    smooth = np.stack([np.convolve(white[:, i], kernel, "valid") for i in (0, 1)], axis=1)
-    smooth *= jitter / np.sqrt((kernel**2).sum())  # unit-variance noise through the filter
+    smooth = _low_passed(rng, frames, 2, sigma=2, std=jitter)
     return pad, np.clip(smooth, -pad, pad).astype(np.float32)
 
 
-def exposure_gains(rng: np.random.Generator, frames: int, exposure: float) -> np.ndarray | None:
+def _low_passed(rng: np.random.Generator, frames: int, axes: int, *, sigma: int, std: float):
+    """(frames, axes) float64 white noise through a Gaussian of `sigma` frames (cut at 3 sigma),
+    scaled to a std of `std` per axis: a slow random drift."""
+    kernel = np.exp(-0.5 * (np.arange(-3 * sigma, 3 * sigma + 1) / sigma) ** 2)
+    white = rng.normal(0, 1, (frames + len(kernel) - 1, axes))
+    smooth = np.stack([np.convolve(white[:, i], kernel, "valid") for i in range(axes)], axis=1)
+    return smooth * (std / np.sqrt((kernel**2).sum()))  # unit-variance noise through the filter
+
+
+def exposure_gains(noise_seed: int, frames: int, exposure: float) -> np.ndarray | None:
     """(frames,) float32 brightness gains of a camera whose auto-exposure drifts, or None.
 
     A phone camera (Something-Something's are hand-held phones) keeps re-adjusting its exposure
     and white balance, so the whole frame brightens and darkens slowly: white noise low-passed
     over about 6 frames (half a second at 12 fps), scaled to a std of `exposure` in log gain.
-    Frame differences see every such change; a single frame barely does.
+    Frame differences see every such change; a single frame barely does. Drawn from a stream of
+    its own (derived from the video's `noise_seed`), so that every other choice of the video is
+    the same with or without it.
     """
     if exposure <= 0:
         return None
-    kernel = np.exp(-0.5 * (np.arange(-12, 13) / 4.0) ** 2)
-    smooth = np.convolve(rng.normal(0, 1, frames + len(kernel) - 1), kernel, "valid")
-    smooth *= exposure / np.sqrt((kernel**2).sum())  # unit-variance noise through the filter
-    return np.exp(smooth).astype(np.float32)
+    rng = np.random.default_rng([noise_seed, 1])
+    return np.exp(_low_passed(rng, frames, 1, sigma=4, std=exposure)[:, 0]).astype(np.float32)
 
 
 def _drift(rng: np.random.Generator, p: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
