@@ -92,7 +92,7 @@ class SynthConfig(Section):
     jitter: float = Field(1.0, ge=0, description="camera shake std (px)")
     noise: float = Field(3.0, ge=0, description="pixel noise std (0..255)")
     exposure: float = Field(
-        0.0, ge=0, le=0.5, description="auto-exposure drift: std of the log gain per frame (0: off)"
+        0.1, ge=0, le=0.5, description="auto-exposure drift: std of the log gain per frame (0: off)"
     )
     object_scale: float = Field(1.6, gt=0, le=3, description="multiplies every object's size")
     bright_objects: bool = Field(True, description="objects lighter than the background")

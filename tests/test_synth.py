@@ -18,7 +18,9 @@ from mml.data.synth import (
     track_alpha,
 )
 
-CLEAN = synth_config(distractors=0, jitter=0.0, noise=0.0, num_classes=len(CLASS_TEMPLATES))
+CLEAN = synth_config(
+    distractors=0, jitter=0.0, noise=0.0, exposure=0.0, num_classes=len(CLASS_TEMPLATES)
+)
 SEEDS = range(6)
 
 
@@ -90,7 +92,7 @@ def test_inverse_classes_are_the_same_frames_played_backwards(forward, backward)
 
 
 def test_exposure_scales_whole_frames_and_changes_nothing_else():
-    plain = synth_config(noise=0.0, num_classes=len(CLASS_TEMPLATES))
+    plain = synth_config(noise=0.0, exposure=0.0, num_classes=len(CLASS_TEMPLATES))
     exposed = plain.model_copy(update={"exposure": 0.1})
     logs = []
     for seed in range(40):
