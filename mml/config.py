@@ -253,7 +253,7 @@ class PretrainConfig(Section):
     """
 
     images: int = Field(4000, ge=2, description="stills rendered; a tenth is held out")
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.003, gt=0, description="AdamW peak learning rate (one cycle)")
     weight_decay: float = Field(1e-4, ge=0)
