@@ -7,7 +7,10 @@ Run after the default pipeline (`make run`), from the repository root:
 Builds the default's flow cache again in `cache.format: jpeg` (under `cachecheck/cache`, from
 the same videos with the same TV-L1 settings), then for each training seed trains and evaluates
 `flow_ce_scratch` (Flow, CE from scratch, 12 epochs) on it and on the exact npy cache, the same
-seed, init and schedule; the workspace's own seed reuses its `flow_ce_scratch` for npy.
+seed, init and schedule; the workspace's own seed reuses its `flow_ce_scratch` for npy. Every
+run starts from the workspace's pretraining checkpoint (`checkpoints/pretrain`, linked: no
+training seed changes it). `--jobs 2` trains two runs at a time (one training process keeps
+about 1.3 of this machine's 2 cores busy); each run's numbers do not depend on it.
 Everything is written under `cachecheck/`; MLflow runs go to the workspace's store.
 
 Prints two paired differences, jpeg - npy, with 95% bootstrap intervals:
@@ -20,12 +23,14 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import yaml
 from mml_diagnosis import PATHS, mml, paired
 
+from mml.artifacts import PRETRAIN
 from mml.stats import verdict
 
 STAGE = "flow_ce_scratch"
@@ -40,6 +45,11 @@ def write_params(params: dict, name: str, seed: int, fmt: str) -> Path:
     if fmt == "jpeg":
         own["cache"] = {**own["cache"], "root": str(OUT / "cache"), "format": "jpeg"}
     own["paths"] = {key: str(OUT / name / key) for key in PATHS}
+    pretrained = Path((params.get("paths") or {}).get("checkpoints", "checkpoints")) / PRETRAIN
+    link = OUT / name / "checkpoints" / PRETRAIN
+    if pretrained.is_dir() and not link.exists():  # the stage's init, `pretrain.0`
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(pretrained.resolve(), target_is_directory=True)
     path = OUT / name / "params.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(own, sort_keys=False))
@@ -51,6 +61,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     args = parser.parse_args()
     params = yaml.safe_load(Path(args.params).read_text())
     own_seed = params["seed"]
@@ -62,17 +73,24 @@ def main() -> None:
     jpeg_params = write_params(params, "build", own_seed, "jpeg")
     mml("data", "flow", "-p", str(jpeg_params), "-q")
     runs: dict[str, list[Path]] = {"npy": [], "jpeg": []}
+    todo = []
     for seed in seeds:
         for fmt in ("npy", "jpeg"):
             if fmt == "npy" and seed == own_seed:
                 runs[fmt].append(workspace)
                 continue
             name = f"seed-{seed}-{fmt}"
-            path = write_params(params, name, seed, fmt)
-            mml("train", STAGE, "-p", str(path), "-q", "--restart-if-changed")
-            mml("evaluate", STAGE, "-p", str(path), "-q")
+            todo.append((name, write_params(params, name, seed, fmt)))
             runs[fmt].append(OUT / name)
-        print(f"seed {seed} done, {time.time() - start:.0f} s", flush=True)
+
+    def train_and_evaluate(job: tuple[str, Path]) -> None:
+        name, path = job
+        mml("train", STAGE, "-p", str(path), "-q", "--restart-if-changed")
+        mml("evaluate", STAGE, "-p", str(path), "-q")
+        print(f"{name} done, {time.time() - start:.0f} s", flush=True)
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        list(pool.map(train_and_evaluate, todo))  # re-raises the first failure
     # the npy-trained model of the workspace, read from the jpeg cache
     read = write_params(params, "read-jpeg", own_seed, "jpeg")
     link = OUT / "read-jpeg" / "checkpoints" / STAGE
