@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from videos import decode_index_pattern, index_pattern_frames
 
+from mml.data import video
 from mml.data.video import (
     VideoBytes,
     VideoDecodeError,
@@ -18,6 +19,7 @@ from mml.data.video import (
     probe,
     read_frames,
     read_frames_sequential,
+    skipped_by_seeking,
     write_video,
 )
 
@@ -94,6 +96,49 @@ def test_read_frames_is_frame_accurate(pattern_video: Path, indices: list[int]):
     assert frames.shape == (len(indices), SIZE, SIZE, 3) and frames.dtype == np.uint8
     assert _indices_of(frames) == indices
     # Identical pixels to the plain sequential decode, not only the same frame numbers.
+    assert np.array_equal(frames, read_frames_sequential(pattern_video, indices))
+
+
+def test_probe_finds_the_key_frames(pattern_video: Path):
+    keyframes = probe(pattern_video).keyframes
+    assert keyframes == tuple(sorted(_keyframes(pattern_video)))
+    assert keyframes[0] == 0 and len(keyframes) > 1  # KEYFRAME_INTERVAL 16 in 60 frames
+
+
+def test_skipped_by_seeking_counts_the_frames_a_seeking_reader_does_not_decode():
+    keys = (0, 16, 32, 48)
+    assert skipped_by_seeking(np.array([59]), keys) == 48  # decodes 48..59 only
+    assert skipped_by_seeking(np.array([0, 20]), keys) == 15  # 0, then 16..20
+    assert skipped_by_seeking(np.array([20, 0, 20]), keys) == 15  # order and repeats: the same
+    assert skipped_by_seeking(np.array([5, 3]), keys) == 0  # one key-frame interval
+    assert skipped_by_seeking(np.array([59]), ()) == 0  # key frames unknown: no seeking
+    assert skipped_by_seeking(np.array([59]), (8, 40)) == 40  # no key frame at 0
+
+
+@pytest.mark.parametrize(
+    ("indices", "by_decord"),
+    [([NUM - 1, 50], True), ([0, 9, 3], False), (list(range(0, NUM, 7)), None)],
+    ids=["late-frames", "early-frames", "spread"],
+)
+def test_read_frames_takes_decord_only_where_seeking_saves_decoding(
+    pattern_video: Path, monkeypatch: pytest.MonkeyPatch, indices: list[int], by_decord
+):
+    """`by_decord`: the path every codec must take; None: it depends on the codec's key frames
+    (x264 adds some where the picture changes), as `skipped_by_seeking` counts them."""
+    calls = []
+
+    def spy(path, wanted, count):
+        calls.append(list(wanted))
+        return real(path, wanted, count)
+
+    real = video._read_with_decord
+    monkeypatch.setattr(video, "_read_with_decord", spy)
+    frames = read_frames(pattern_video, indices)
+    saves = skipped_by_seeking(np.array(indices), probe(pattern_video).keyframes)
+    assert bool(calls) == (saves > video.decord_worth(SIZE, SIZE))
+    if by_decord is not None:
+        assert bool(calls) == by_decord
+    assert _indices_of(frames) == indices  # either way, the frames asked for
     assert np.array_equal(frames, read_frames_sequential(pattern_video, indices))
 
 
@@ -225,7 +270,6 @@ def test_write_video_rejects_bad_input(tmp_path: Path):
 
 @pytest.mark.slow
 def test_probe_all_memoises_every_readable_video_from_worker_processes(tmp_path, monkeypatch):
-    from mml.data import video
 
     paths = []
     for n in (5, 7, 9):
@@ -249,7 +293,6 @@ def test_probe_all_memoises_every_readable_video_from_worker_processes(tmp_path,
 
 
 def test_kept_videos_read_the_same_frames_without_decoding(pattern_video, tmp_path, monkeypatch):
-    from mml.data import video
 
     monkeypatch.setattr(video, "_DECODED", {})
     rng = np.random.default_rng(0)
@@ -277,7 +320,6 @@ def test_kept_videos_read_the_same_frames_without_decoding(pattern_video, tmp_pa
 
 
 def test_keep_decoded_is_all_or_nothing_and_follows_file_changes(tmp_path, monkeypatch):
-    from mml.data import video
 
     monkeypatch.setattr(video, "_DECODED", {})
     paths = []

@@ -15,12 +15,22 @@ Reading policy (checked on this machine with decord 0.6.0 and PyAV 18; see ``tes
   frame rate (variable frame rate), files that PyAV decodes without trouble.
 
 So :func:`probe` demuxes the file once with PyAV (no decoding; results are memoised per path,
-size and mtime) and flags it for decord only if no packet is discarded, every packet has a
-unique timestamp, and the container states a duration and a frame rate. Flagged files, and
-files where decord fails or disagrees on the frame count, are read by
-:func:`read_frames_sequential`: one PyAV decode from frame 0. Both paths give the same pixels
-(same decoder and colour conversion), so a file's frames do not depend on the path taken.
+size and mtime), notes where its key frames are, and flags it for decord only if no packet is
+discarded, every packet has a unique timestamp, and the container states a duration and a
+frame rate. Flagged files, and files where decord fails or disagrees on the frame count, are
+read by :func:`read_frames_sequential`: one PyAV decode from frame 0. Both paths give the same
+pixels (same decoder and colour conversion), so a file's frames do not depend on the path taken.
 Display-rotation metadata is ignored by the PyAV path; this project writes none.
+
+Which path is faster depends on the request. decord takes longer to open a file than PyAV
+(it indexes every packet and builds a conversion graph first): about as long as decoding 33
+frames at 32 x 32 and 3 at 426 x 240 (:func:`decord_worth`, measured by
+``benchmarks/decode_paths.py``). So :func:`read_frames` decodes from frame 0 with PyAV unless
+decord's seeking to key frames would skip more frames than that (:func:`skipped_by_seeking`):
+the synthetic default's clips go to PyAV, a few frames of a long video to decord. PyAV >= 17
+converts a frame to RGB with a pool of threads unless told otherwise; started for every frame,
+that costs more than decoding a small one, so the conversion runs on one thread (a loader's
+parallelism is its worker processes).
 
 A video can also be read from memory (:class:`VideoBytes`, what a client sends a server):
 both readers take the bytes as a file object, nothing is written to disk, and the frames are
@@ -33,6 +43,7 @@ affected). This module imports ``av`` first; other modules should import it, not
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import os
@@ -65,6 +76,12 @@ _ENCODERS: dict[str, tuple[str, str, str, dict[str, str]]] = {
 }
 # A key frame every 16 frames: a random access decodes at most 15 frames it does not return.
 KEYFRAME_INTERVAL = 16
+# What a read costs, in ms (`python benchmarks/decode_paths.py`, this machine, 2026-12-04;
+# fitted at 32 x 32 and 426 x 240): decoding a frame takes FRAME_MS[0] + FRAME_MS[1] * pixels
+# with either reader, and decord takes DECORD_EXTRA_MS[0] + DECORD_EXTRA_MS[1] * pixels longer
+# to open a file than PyAV (it indexes every packet and builds a conversion graph first).
+FRAME_MS = (0.018, 5.1e-6)
+DECORD_EXTRA_MS = (0.76, 5.8e-6)
 
 
 class VideoBytes:
@@ -107,6 +124,7 @@ class VideoInfo:
     width: int
     fps: float | None
     decord_issue: str | None  # why decord's random access would be wrong; None if it is safe
+    keyframes: tuple[int, ...] = ()  # indices of the key frames (); () if unknown
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, codec: str = "vp9") -> None:
@@ -298,6 +316,7 @@ def _probe(path: Path | VideoBytes) -> VideoInfo:
             raise VideoDecodeError(path, "the file has no video stream")
         stream = container.streams.video[0]
         pts: list[int | None] = []
+        keys: list[int | None] = []  # the key frames' timestamps
         discarded, end = 0, 0.0
         for packet in container.demux():
             if packet.size == 0:
@@ -310,6 +329,8 @@ def _probe(path: Path | VideoBytes) -> VideoInfo:
                 discarded += 1
             else:
                 pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
         duration = None if container.duration is None else container.duration / av.time_base
         rate = stream.average_rate
         height, width = stream.codec_context.height, stream.codec_context.width
@@ -322,7 +343,11 @@ def _probe(path: Path | VideoBytes) -> VideoInfo:
             path, f"truncated: the container says {duration:.2f} s, the data ends at {end:.2f} s"
         )
     issue = _decord_issue(pts, discarded, duration, fps)
-    return VideoInfo(len(pts), height, width, fps, issue)
+    keyframes: tuple[int, ...] = ()
+    if issue is None:  # unique timestamps: frame i is the i-th smallest
+        order = {p: i for i, p in enumerate(sorted(pts))}
+        keyframes = tuple(sorted(order[p] for p in keys))
+    return VideoInfo(len(pts), height, width, fps, issue, keyframes)
 
 
 def _decord_issue(
@@ -369,13 +394,34 @@ def read_frames(path: VideoSource, indices: np.ndarray | Sequence[int]) -> np.nd
         kept = _DECODED.get(_probe_key(path))
         if kept is not None:
             return kept[wanted]  # a copy (integer indexing)
-    if info.decord_issue is None:
+    if info.decord_issue is not None:
+        log.debug("%s: sequential decoding, %s", path, info.decord_issue)
+    elif skipped_by_seeking(wanted, info.keyframes) > decord_worth(info.height, info.width):
         frames = _read_with_decord(path, wanted, info.num_frames)
         if frames is not None:
             return frames
-    else:
-        log.debug("%s: sequential decoding, %s", path, info.decord_issue)
     return _decode_sequentially(path, wanted)
+
+
+def decord_worth(height: int, width: int) -> float:
+    """How many frames decord's seeking must skip to read faster than PyAV decoding from frame 0
+    (about 33 at 32 x 32, 3 at 426 x 240)."""
+    pixels = height * width
+    extra = DECORD_EXTRA_MS[0] + DECORD_EXTRA_MS[1] * pixels
+    return extra / (FRAME_MS[0] + FRAME_MS[1] * pixels)
+
+
+def skipped_by_seeking(wanted: np.ndarray, keyframes: Sequence[int]) -> int:
+    """How many of the frames a decode from frame 0 to ``max(wanted)`` goes through a reader
+    that seeks to the key frame before each wanted frame (decord's) does not decode."""
+    decoded, position = 0, 0  # position: the next frame the decoder would output
+    for i in np.unique(wanted).tolist():
+        before = bisect.bisect_right(keyframes, i) - 1
+        key = keyframes[before] if before >= 0 else 0
+        start = key if key > position else position
+        decoded += i - start + 1
+        position = i + 1
+    return int(np.max(wanted)) + 1 - decoded
 
 
 def read_frames_sequential(path: VideoSource, indices: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -433,8 +479,8 @@ def _decode_sequentially(path: Path | VideoBytes, wanted: np.ndarray) -> np.ndar
         stream = container.streams.video[0]
         stream.thread_count = 1
         for count, frame in enumerate(container.decode(stream), start=1):
-            if count - 1 in needed:
-                decoded[count - 1] = frame.to_ndarray(format="rgb24")
+            if count - 1 in needed:  # one thread: PyAV >= 17 starts a pool per frame otherwise
+                decoded[count - 1] = frame.to_ndarray(format="rgb24", threads=1)
             if count > last:
                 break
     if count <= last:  # more shown packets than decoded frames: a corrupt stream
