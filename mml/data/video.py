@@ -124,7 +124,7 @@ class VideoInfo:
     width: int
     fps: float | None
     decord_issue: str | None  # why decord's random access would be wrong; None if it is safe
-    keyframes: tuple[int, ...] = ()  # indices of the key frames (); () if unknown
+    keyframes: tuple[int, ...] = ()  # indices of the key frames; () if unknown (decord_issue)
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, codec: str = "vp9") -> None:
