@@ -14,7 +14,8 @@ Needs the dataset (`mml data synth` for the default). Prints a markdown table.
 `--ssv2`: Something-Something v2's size instead, on its own synthetic videos (426 x 240, 45
 frames, textured; written to a temp directory with DIS flow and difference caches): clips/s of
 one loader worker (the dataset read in this process, no DataLoader) for T = 8 RGB clips
-(uniform and dense sampling) and for flow and diff clips read from the caches; and the workers
+(uniform and dense sampling) and for flow and diff clips read from the caches (`.npy`, the
+`jpeg` format, and differences computed from the video, `cache.diff_from_video`); and the workers
 one GPU would need to feed TSM-R50 at 100 clips/s, an assumed training rate, not a measurement.
 """
 
@@ -84,20 +85,32 @@ def ssv2(videos: int, repeats: int) -> None:
         ssv2_like.render(root / "data", videos)
         cfg = DatasetConfig(root=root / "data")
         ann = load_split(cfg, "train")
-        caches = {m: root / "cache" / m for m in ("flow", "diff")}
-        for kind, out in caches.items():
-            build_cache(ann.records, out, kind, algorithm="dis", workers=1, show_progress=False)
+        builds = {  # (kind, cache format): its directory
+            ("flow", "npy"): root / "cache" / "flow",
+            ("diff", "npy"): root / "cache" / "diff",
+            ("flow", "jpeg"): root / "jpeg" / "flow",
+            ("diff", "jpeg"): root / "jpeg" / "diff",
+            ("diff", "video"): root / "video" / "diff",
+        }
+        for (kind, fmt), out in builds.items():
+            build_cache(
+                ann.records, out, kind, algorithm="dis", fmt=fmt, workers=1, show_progress=False
+            )
         print(
             f"\n{len(ann.records)} videos, 426x240, 45 frames; T = 8; crop 224 of short side 256\n"
         )
         print("| clips | clips/s per worker | workers for 100 clips/s |\n|---|---|---|")
-        for name, modality, sampling in (
-            ("RGB, uniform", "rgb", "uniform"),
-            ("RGB, dense", "rgb", "dense"),
-            ("flow (cache), uniform", "flow", "uniform"),
-            ("diff (cache), uniform", "diff", "uniform"),
+        for name, modality, sampling, fmt in (
+            ("RGB, uniform", "rgb", "uniform", None),
+            ("RGB, dense", "rgb", "dense", None),
+            ("flow (npy cache), uniform", "flow", "uniform", "npy"),
+            ("flow (jpeg cache), uniform", "flow", "uniform", "jpeg"),
+            ("diff (npy cache), uniform", "diff", "uniform", "npy"),
+            ("diff (jpeg cache), uniform", "diff", "uniform", "jpeg"),
+            ("diff (from the video), uniform", "diff", "uniform", "video"),
         ):
             clip = ClipConfig(segments=8, sampling=sampling, scale_size=256, crop_size=224)
+            caches = {modality: builds[modality, fmt]} if fmt else {}
             clips = VideoClips(ann, clip, train=True, modalities=[modality], caches=caches)
             clips.probe_videos()
             clips[0]  # warm-up
