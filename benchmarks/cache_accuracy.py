@@ -13,9 +13,11 @@ training seed changes it). `--jobs 2` trains two runs at a time (one training pr
 about 1.3 of this machine's 2 cores busy); each run's numbers do not depend on it.
 Everything is written under `cachecheck/`; MLflow runs go to the workspace's store.
 
-Prints two paired differences, jpeg - npy, with 95% bootstrap intervals:
-- trained on jpeg and tested on jpeg against trained and tested on npy (over seeds and videos);
-- the workspace's npy-trained model tested on the jpeg cache against on npy (reading only).
+Prints two paired differences, jpeg - npy, with 95% bootstrap intervals over seeds and videos:
+- trained and tested on jpeg against trained and tested on npy;
+- each seed's npy-trained model tested on the jpeg cache against on npy (reading only).
+A run whose predictions are newer than its unchanged params is not run again, so a longer
+`--train-seeds` list adds only the new seeds.
 """
 
 from __future__ import annotations
@@ -52,8 +54,21 @@ def write_params(params: dict, name: str, seed: int, fmt: str) -> Path:
         link.symlink_to(pretrained.resolve(), target_is_directory=True)
     path = OUT / name / "params.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(own, sort_keys=False))
+    text = yaml.safe_dump(own, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:  # unchanged: its runs stay done
+        path.write_text(text)
     return path
+
+
+def predictions(out: Path) -> Path:
+    return out / "predictions" / STAGE / "0.npz"
+
+
+def done(path: Path, after: Path | None = None) -> bool:
+    """Whether the run of params `path` has predictions newer than its params (and `after`)."""
+    own = predictions(path.parent)
+    since = max(path.stat().st_mtime, after.stat().st_mtime if after else 0.0)
+    return own.is_file() and own.stat().st_mtime > since
 
 
 def main() -> None:
@@ -67,42 +82,50 @@ def main() -> None:
     own_seed = params["seed"]
     seeds = args.train_seeds or [own_seed]
     workspace = Path((params.get("paths") or {}).get("predictions", "predictions")).parent
-    if not (workspace / "predictions" / STAGE / "0.npz").is_file():
+    if not predictions(workspace).is_file():
         raise SystemExit(f"predictions/{STAGE}/0.npz is missing: run the pipeline first")
     start = time.time()
     jpeg_params = write_params(params, "build", own_seed, "jpeg")
     mml("data", "flow", "-p", str(jpeg_params), "-q")
-    runs: dict[str, list[Path]] = {"npy": [], "jpeg": []}
-    todo = []
+    runs: dict[str, list[Path]] = {"npy": [], "jpeg": [], "read": []}
+    train, read = [], []  # params of the runs to train and evaluate, and to evaluate only
     for seed in seeds:
         for fmt in ("npy", "jpeg"):
             if fmt == "npy" and seed == own_seed:
                 runs[fmt].append(workspace)
                 continue
-            name = f"seed-{seed}-{fmt}"
-            todo.append((name, write_params(params, name, seed, fmt)))
-            runs[fmt].append(OUT / name)
+            path = write_params(params, f"seed-{seed}-{fmt}", seed, fmt)
+            runs[fmt].append(path.parent)
+            if not done(path):
+                train.append(path)
+        # the seed's npy-trained model, tested on the jpeg cache
+        path = write_params(params, f"read-{seed}", seed, "jpeg")
+        link = path.parent / "checkpoints" / STAGE
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            model = runs["npy"][-1] / "checkpoints" / STAGE
+            link.symlink_to(model.resolve(), target_is_directory=True)
+        runs["read"].append(path.parent)
+        read.append((path, predictions(runs["npy"][-1])))
 
-    def train_and_evaluate(job: tuple[str, Path]) -> None:
-        name, path = job
+    def train_and_evaluate(path: Path) -> None:
         mml("train", STAGE, "-p", str(path), "-q", "--restart-if-changed")
         mml("evaluate", STAGE, "-p", str(path), "-q")
-        print(f"{name} done, {time.time() - start:.0f} s", flush=True)
+        print(f"{path.parent.name} done, {time.time() - start:.0f} s", flush=True)
+
+    def evaluate(path: Path) -> None:
+        mml("evaluate", STAGE, "-p", str(path), "-q")
+        print(f"{path.parent.name} done, {time.time() - start:.0f} s", flush=True)
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        list(pool.map(train_and_evaluate, todo))  # re-raises the first failure
-    # the npy-trained model of the workspace, read from the jpeg cache
-    read = write_params(params, "read-jpeg", own_seed, "jpeg")
-    link = OUT / "read-jpeg" / "checkpoints" / STAGE
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to((workspace / "checkpoints" / STAGE).resolve(), target_is_directory=True)
-    mml("evaluate", STAGE, "-p", str(read), "-q")
+        list(pool.map(train_and_evaluate, train))  # re-raises the first failure
+        # then the reads: each needs its npy model, and is stale if that model is newer
+        list(pool.map(evaluate, [path for path, model in read if not done(path, model)]))
 
     rng = np.random.default_rng(args.seed)
     rows = [
         ("trained and tested on jpeg vs on npy", runs["jpeg"], runs["npy"]),
-        ("npy-trained model, tested on jpeg vs on npy", [OUT / "read-jpeg"], [workspace]),
+        ("npy-trained models, tested on jpeg vs on npy", runs["read"], runs["npy"]),
     ]
     table = [
         f"{STAGE}, training seeds {' '.join(map(str, seeds))}; flow top-1 mean over seeds",
@@ -111,8 +134,8 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for label, a_dirs, b_dirs in rows:
-        runs = [(a_dir, STAGE, b_dir, STAGE) for a_dir, b_dir in zip(a_dirs, b_dirs, strict=True)]
-        a, b, ci = paired(runs, rng)
+        pairs = [(a_dir, STAGE, b_dir, STAGE) for a_dir, b_dir in zip(a_dirs, b_dirs, strict=True)]
+        a, b, ci = paired(pairs, rng)
         table.append(
             f"| {label} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | "
             f"{ci.diff:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}] | {verdict(ci)} |"
