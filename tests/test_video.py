@@ -270,7 +270,6 @@ def test_write_video_rejects_bad_input(tmp_path: Path):
 
 @pytest.mark.slow
 def test_probe_all_memoises_every_readable_video_from_worker_processes(tmp_path, monkeypatch):
-
     paths = []
     for n in (5, 7, 9):
         paths.append(tmp_path / f"v{n}.webm")
@@ -293,7 +292,6 @@ def test_probe_all_memoises_every_readable_video_from_worker_processes(tmp_path,
 
 
 def test_kept_videos_read_the_same_frames_without_decoding(pattern_video, tmp_path, monkeypatch):
-
     monkeypatch.setattr(video, "_DECODED", {})
     rng = np.random.default_rng(0)
     requests = [list(range(NUM)), [NUM - 1, 0, 3, 3], *(rng.integers(0, NUM, 8) for _ in range(20))]
@@ -320,7 +318,6 @@ def test_kept_videos_read_the_same_frames_without_decoding(pattern_video, tmp_pa
 
 
 def test_keep_decoded_is_all_or_nothing_and_follows_file_changes(tmp_path, monkeypatch):
-
     monkeypatch.setattr(video, "_DECODED", {})
     paths = []
     for n in (5, 7):
