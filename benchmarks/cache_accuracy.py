@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from mml_diagnosis import PATHS, mml, paired
+from mml_diagnosis import PATHS, link_dir, mml, paired
 
 from mml.artifacts import PRETRAIN
 from mml.stats import verdict
@@ -48,10 +48,8 @@ def write_params(params: dict, name: str, seed: int, fmt: str) -> Path:
         own["cache"] = {**own["cache"], "root": str(OUT / "cache"), "format": "jpeg"}
     own["paths"] = {key: str(OUT / name / key) for key in PATHS}
     pretrained = Path((params.get("paths") or {}).get("checkpoints", "checkpoints")) / PRETRAIN
-    link = OUT / name / "checkpoints" / PRETRAIN
-    if pretrained.is_dir() and not link.exists():  # the stage's init, `pretrain.0`
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(pretrained.resolve(), target_is_directory=True)
+    if pretrained.is_dir():  # the stage's init, `pretrain.0`
+        link_dir(pretrained, OUT / name / "checkpoints" / PRETRAIN)
     path = OUT / name / "params.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(own, sort_keys=False)
@@ -100,11 +98,7 @@ def main() -> None:
                 train.append(path)
         # the seed's npy-trained model, tested on the jpeg cache
         path = write_params(params, f"read-{seed}", seed, "jpeg")
-        link = path.parent / "checkpoints" / STAGE
-        if not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            model = runs["npy"][-1] / "checkpoints" / STAGE
-            link.symlink_to(model.resolve(), target_is_directory=True)
+        link_dir(runs["npy"][-1] / "checkpoints" / STAGE, path.parent / "checkpoints" / STAGE)
         runs["read"].append(path.parent)
         read.append((path, predictions(runs["npy"][-1])))
 

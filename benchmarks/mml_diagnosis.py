@@ -129,6 +129,13 @@ def paired(runs: list[tuple[Path, str, Path, str]], rng: np.random.Generator):
     return a, b, paired_bootstrap(a, b, rng=rng)
 
 
+def link_dir(target: Path, link: Path) -> None:
+    """`link` -> `target` (a checkpoint directory shared, not copied), unless `link` exists."""
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target.resolve(), target_is_directory=True)
+
+
 def seed_params(params: dict, seed: int, stages: dict, out: Path) -> Path:
     """diagnosis/seed-<seed>/params.yaml: the workspace's params with this training seed, the
     variants' stages, and every path under `out`; the inits linked or left to train."""
@@ -146,9 +153,7 @@ def seed_params(params: dict, seed: int, stages: dict, out: Path) -> Path:
         link = out / "checkpoints" / init
         if not (checkpoints / init).is_dir():
             sys.exit(f"{checkpoints / init} is missing: run the pipeline first (`make run`)")
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to((checkpoints / init).resolve(), target_is_directory=True)
+        link_dir(checkpoints / init, link)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "params.yaml"
     path.write_text(yaml.safe_dump(own, sort_keys=False))
