@@ -95,8 +95,10 @@ class SynthConfig(Section):
         0.1, ge=0, le=0.5, description="auto-exposure drift: std of the log gain per frame (0: off)"
     )
     object_scale: float = Field(1.6, gt=0, le=3, description="multiplies every object's size")
-    bright_objects: bool = Field(True, description="objects lighter than the background")
-    dark_share: float = Field(0.15, ge=0, le=1, description="share of dark-object videos")
+    bright_objects: bool = Field(
+        True, description="objects contrast with the background (light on dark or dark on light)"
+    )
+    dark_share: float = Field(0.5, ge=0, le=1, description="share of dark-object videos")
     texture: float = Field(0.3, ge=0, le=1, description="background contrast: 0 plain .. 1")
     object_texture: float = Field(0.0, ge=0, le=1, description="objects' surface texture")
     multilabel: bool = Field(False, description="Charades-like: several objects and actions")
